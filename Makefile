@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= build/demo
+DATA ?=
+VIEWS ?=
+CLIP_MODEL ?=
+CLIP_PRETRAINED ?=
+
+.PHONY: venv test demo bench bench-serve clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[offline,service,dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	bash scripts/ensure_redis.sh
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 bash scripts/demo.sh
+
+clean:
+	rm -rf build .pytest_cache
