@@ -1,0 +1,144 @@
+"""The synthetic world: files, determinism, planted noise, user tastes, the CLI command."""
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from offline.commands import synth as synth_command
+from offline.config import ConfigError, load_config
+from offline.data.catalog import load_catalog
+from offline.data.synth import COLOUR_NAMES, SynthConfig, generate
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def colours_in(text: str) -> set[str]:
+    return {colour for colour in COLOUR_NAMES if re.search(rf"\b{colour}\b", text.lower())}
+
+
+@pytest.fixture(scope="module")
+def world(synth_world: Path) -> pd.DataFrame:
+    """items joined with their noise flags and latent attributes."""
+    read = lambda name: pd.read_csv(synth_world / name, dtype=str, keep_default_na=False)  # noqa: E731
+    latent = read("attributes.csv").set_index("item_id").add_prefix("latent_")
+    merged = read("items.csv").merge(read("noise.csv"), on="item_id").join(latent, on="item_id")
+    for flag in [
+        "brand_missing",
+        "description_empty",
+        "description_misleading",
+        "title_colour_omitted",
+    ]:
+        merged[flag] = merged[flag] == "True"
+    return merged
+
+
+def test_writes_every_file(synth_world: Path) -> None:
+    for name in [
+        "items.csv",
+        "interactions.csv",
+        "catalog.yaml",
+        "noise.csv",
+        "attributes.csv",
+        "corpus/captions.csv",
+        "corpus/attributes.csv",
+    ]:
+        assert (synth_world / name).is_file(), name
+    assert len(list((synth_world / "images").glob("*.jpg"))) == 150
+    assert len(list((synth_world / "corpus" / "images").glob("*.jpg"))) == 40
+
+
+def test_deterministic_for_a_seed(
+    synth_world: Path, tiny_world_config: SynthConfig, tmp_path: Path
+) -> None:
+    generate(tmp_path / "again", tiny_world_config)
+    assert digest(tmp_path / "again") == digest(synth_world)
+    generate(
+        tmp_path / "other", tiny_world_config.model_copy(update={"seed": 1, "corpus_items": 0})
+    )
+    assert (tmp_path / "other" / "items.csv").read_bytes() != (
+        synth_world / "items.csv"
+    ).read_bytes()
+
+
+def test_noise_flags_match_the_text(world: pd.DataFrame) -> None:
+    assert (world.loc[world["brand_missing"], "brand"] == "").all()
+    kept = world[~world["brand_missing"]]
+    assert (kept["brand"] == kept["latent_brand"]).all()
+    assert (world.loc[world["description_empty"], "description"] == "").all()
+    assert not (world["description_empty"] & world["description_misleading"]).any()
+    for flag in ["brand_missing", "description_empty", "description_misleading"]:
+        assert 0.05 < world[flag].mean() < 0.4, flag
+
+
+def test_clean_descriptions_state_the_item_colour(world: pd.DataFrame) -> None:
+    clean = world[~world["description_empty"] & ~world["description_misleading"]]
+    assert all(colours_in(d) == {c} for d, c in zip(clean["description"], clean["latent_colour"]))
+    kept = world[~world["title_colour_omitted"]]
+    assert all(colours_in(t) == {c} for t, c in zip(kept["title"], kept["latent_colour"]))
+    omitted = world[world["title_colour_omitted"]]
+    assert len(omitted) and all(not colours_in(t) for t in omitted["title"])
+
+
+def test_misleading_descriptions_describe_another_item(world: pd.DataFrame) -> None:
+    misleading = world[world["description_misleading"]]
+    assert len(misleading) > 0
+    attributes = world.set_index("item_id")
+    for _, row in misleading.iterrows():
+        source = attributes.loc[row["description_source"]]
+        assert (
+            source["latent_colour"] != row["latent_colour"]
+            and source["latent_category"] != row["latent_category"]
+        )
+        assert colours_in(row["description"]) == {source["latent_colour"]}
+    assert (world.loc[~world["description_misleading"], "description_source"] == "").all()
+
+
+def test_interactions_follow_user_tastes(synth_world: Path, tiny_world_config: SynthConfig) -> None:
+    catalog = load_catalog(synth_world)
+    inter = catalog.interactions
+    per_user = inter.groupby("user_id").size()
+    assert per_user.between(
+        tiny_world_config.min_interactions, tiny_world_config.max_interactions
+    ).all()
+    assert len(per_user) == tiny_world_config.users
+    assert not inter.duplicated(["user_id", "item_id"]).any()
+    assert set(inter["rating"]) <= {1, 2, 3, 4, 5} and inter["timestamp"].dtype == np.int64
+    colour = pd.read_csv(synth_world / "attributes.csv").set_index("item_id")["colour"]
+
+    def top_colour_share(frame: pd.DataFrame) -> float:
+        colours = frame["item_id"].map(colour)
+        return (
+            colours.groupby(frame["user_id"])
+            .agg(lambda s: s.value_counts(normalize=True).iloc[0])
+            .mean()
+        )
+
+    shuffled = inter.assign(
+        item_id=np.random.default_rng(0).permutation(inter["item_id"].to_numpy())
+    )
+    assert top_colour_share(inter) > top_colour_share(shuffled) + 0.04
+
+
+def test_unknown_config_key_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "synth.yaml"
+    path.write_text("items: 100\nbrand_mising: 0.3\n")
+    with pytest.raises(ConfigError, match="brand_mising"):
+        load_config(SynthConfig, path)
+
+
+def test_command_reports_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    synth_command.command(out=tmp_path / "w", items=30, users=12, seed=5, corpus_items=4)
+    output = capsys.readouterr().out
+    assert f"synthetic world in {tmp_path / 'w'}" in output and "30 items, 12 users" in output
+    assert "planted noise: brand_missing" in output
+    assert len(load_catalog(tmp_path / "w").items) == 30
