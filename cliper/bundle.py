@@ -1,0 +1,465 @@
+"""Write and read the model bundle: the folder that is the only contract between offline and service.
+
+`write_bundle` builds the folder beside its target, hashes every file into `manifest.json` and
+swaps it into place, so a reader never sees half a bundle. `read_bundle` checks the format
+version and the checksums and says which file is wrong. The FAISS index is built here too
+(`build_index`), so its factory string and measured recall land in the manifest.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from pydantic import ValidationError
+
+from cliper.manifest import FORMAT_VERSION, GENERATED_FIELDS, MANIFEST_FILE, Manifest
+
+IMAGE_ENCODER = "image_encoder.onnx"
+TEXT_ENCODER = "text_encoder.onnx"
+ITEM_TOWER = "item_tower.onnx"
+USER_VECTORS = "user_vectors.npy"
+USER_IDS = "user_ids.json"
+ITEM_VECTORS = "item_vectors.npy"
+ITEM_IDS = "item_ids.json"
+SEEN = "seen.npz"
+POPULARITY = "popularity.npy"
+INDEX = "index.faiss"
+_DATA_FILES = {IMAGE_ENCODER, TEXT_ENCODER, ITEM_TOWER, USER_VECTORS, USER_IDS, ITEM_VECTORS, ITEM_IDS,
+               SEEN, POPULARITY, INDEX}
+RECALL_K = 50
+RECALL_QUERIES = 1000
+
+log = logging.getLogger(__name__)
+
+
+def fp16_variant(graph: str) -> str:
+    """The optional fp16 twin of a graph file (same float32 inputs and outputs), for GPU serving:
+    `image_encoder.onnx` -> `image_encoder.fp16.onnx`."""
+    return graph.removesuffix(".onnx") + ".fp16.onnx"
+
+
+class BundleError(ValueError):
+    """A bundle (or bundle content) that cannot be used; the message names the file to fix."""
+
+
+@dataclass(frozen=True)
+class Seen:
+    """Each user's training items as CSR: user `u`'s item rows are `indices[indptr[u]:indptr[u+1]]`."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+
+    @classmethod
+    def from_pairs(cls, pairs: np.ndarray, n_users: int) -> "Seen":
+        """From `(n, 2)` `[user, item]` rows (e.g. `SplitData.train`); duplicates are kept once."""
+        pairs = np.unique(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), axis=0)
+        counts = np.bincount(pairs[:, 0], minlength=n_users) if len(pairs) else np.zeros(n_users, np.int64)
+        if len(counts) > n_users:
+            raise BundleError(f"seen: user row {len(counts) - 1} is out of range for {n_users} users")
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return cls(indptr, pairs[:, 1].copy())
+
+    @property
+    def n_users(self) -> int:
+        return len(self.indptr) - 1
+
+    def items_of(self, user: int) -> np.ndarray:
+        return self.indices[self.indptr[user] : self.indptr[user + 1]]
+
+
+@dataclass
+class BundleContent:
+    """Everything `write_bundle` puts in a bundle besides the manifest and the index.
+
+    ONNX graphs and the tokenizer are given as a file path or bytes. `item_vectors` rows follow
+    `item_ids` (warm and cold items), `user_vectors` rows follow `user_ids`; `seen` holds item
+    rows per user row; `popularity` one interaction count per item row.
+    """
+
+    image_encoder: Path | bytes
+    text_encoder: Path | bytes
+    item_tower: Path | bytes
+    tokenizer: Path | bytes
+    user_ids: Sequence[str]
+    user_vectors: np.ndarray
+    item_ids: Sequence[str]
+    item_vectors: np.ndarray
+    seen: Seen
+    popularity: np.ndarray
+    # Optional files under their own names (the fp16 graphs, the export's source.json),
+    # hashed into the manifest like every other file.
+    extra_files: Mapping[str, Path | bytes] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedBundle:
+    """A bundle read from disk: its manifest, arrays and FAISS index (ONNX files stay on disk)."""
+
+    root: Path
+    manifest: Manifest
+    user_ids: list[str]
+    user_vectors: np.ndarray
+    item_ids: list[str]
+    item_vectors: np.ndarray
+    seen: Seen
+    popularity: np.ndarray
+    index: faiss.Index
+
+    def path(self, name: str) -> Path:
+        """Absolute path of one bundle file, e.g. `path(IMAGE_ENCODER)`."""
+        return self.root / name
+
+
+def build_index(
+    vectors: np.ndarray,
+    factory: str = "Flat",
+    search_params: str = "",
+    queries: np.ndarray | None = None,
+) -> tuple[faiss.Index, float | None]:
+    """An inner-product `IndexIDMap2` over `vectors` (ids = row numbers) and its recall@50.
+
+    `factory` is a FAISS index factory string for the inner index ("Flat", "IVF256,Flat",
+    "HNSW32"); `search_params` a FAISS ParameterSpace string ("nprobe=16", "efSearch=128").
+    Non-exact indexes are trained on `vectors`, and their recall@50 against exact search over
+    `queries` (default: a sample of the vectors) is returned and logged; for "Flat" it is None.
+    """
+    vectors = _float32_matrix(vectors, "item vectors")
+    try:
+        inner = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise BundleError(f"FAISS cannot build index factory {factory!r}: {exc}") from exc
+    if not inner.is_trained:
+        inner.train(vectors)
+    _set_search_params(inner, search_params, "index")
+    index = faiss.IndexIDMap2(inner)
+    index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
+    if factory.strip() == "Flat":
+        return index, None
+    recall = index_recall(index, vectors, vectors if queries is None else queries)
+    log.info("index %r (%s): recall@%d vs exact search = %.4f", factory, search_params, RECALL_K, recall)
+    return index, recall
+
+
+def index_recall(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = RECALL_K) -> float:
+    """Mean fraction of the exact inner-product top-k that `index` returns (up to 1000 queries)."""
+    queries = _float32_matrix(queries, "queries")
+    if len(queries) > RECALL_QUERIES:
+        queries = queries[np.random.default_rng(0).choice(len(queries), RECALL_QUERIES, replace=False)]
+    k = min(k, len(vectors))
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(_float32_matrix(vectors, "item vectors"))
+    _, truth = exact.search(queries, k)
+    _, found = index.search(queries, k)
+    hits = sum(len(np.intersect1d(t, f)) for t, f in zip(truth, found, strict=True))
+    return hits / (len(queries) * k)
+
+
+def write_bundle(out_dir: Path, manifest_fields: Mapping[str, Any], content: BundleContent) -> Manifest:
+    """Write a complete bundle to `out_dir` atomically and return its manifest.
+
+    `manifest_fields` holds every `Manifest` field except the generated ones
+    (format_version, bundle_version, created_at, files); the index is built from
+    `content.item_vectors` with `manifest_fields["index"]` (default: exact "Flat"). The bundle
+    is written to a temporary folder beside `out_dir`, every file is hashed, and the folder is
+    renamed into place; an existing bundle at `out_dir` is replaced (it is moved aside first and
+    deleted after the swap). Raises `BundleError` on inconsistent content.
+    """
+    out_dir = Path(out_dir).absolute()
+    created = datetime.now(UTC).replace(microsecond=0)
+    _check_fields(manifest_fields)
+    manifest_draft = _validate({**manifest_fields, **_generated(created, "draft", {})}, "manifest fields")
+    _check_content(content, manifest_draft)
+    _check_replaceable(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        index_spec = _write_files(tmp, content, manifest_draft)
+        files = {path.name: _sha256(path) for path in sorted(tmp.iterdir())}
+        fields = {**manifest_fields, "index": index_spec}
+        manifest = _validate({**fields, **_generated(created, _version(created, files), files)}, "manifest")
+        _write_durably(tmp / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+        _swap_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote bundle %s (version %s)", out_dir, manifest.bundle_version)
+    return manifest
+
+
+def read_manifest(root: Path) -> Manifest:
+    """The manifest of the bundle at `root`, with a clear error for a missing or newer format."""
+    path = Path(root) / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(f"{path}: not found; is {root} a bundle folder written by `offline export`?")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc}); the bundle is corrupt, re-export it") from exc
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: format_version {version!r} is not supported (this code reads "
+            f"format_version {FORMAT_VERSION}); re-export the bundle or upgrade cliper"
+        )
+    return _validate(data, str(path))
+
+
+def read_bundle(root: Path, verify: bool = True) -> LoadedBundle:
+    """Read the bundle at `root`; with `verify`, check every file's sha256 against the manifest."""
+    root = Path(root).absolute()
+    if not root.is_dir():
+        raise BundleError(f"bundle folder not found: {root}")
+    manifest = read_manifest(root)
+    required = {IMAGE_ENCODER, TEXT_ENCODER, ITEM_TOWER, manifest.tokenizer.file, USER_VECTORS,
+                USER_IDS, ITEM_VECTORS, ITEM_IDS, SEEN, POPULARITY, INDEX}
+    unlisted = sorted(required - set(manifest.files))
+    if unlisted:
+        raise BundleError(f"{root / MANIFEST_FILE}: files {unlisted} are not listed; re-export the bundle")
+    for name, expected in manifest.files.items():
+        path = root / name
+        if not path.is_file():
+            raise BundleError(f"{path}: listed in the manifest but missing; re-export the bundle")
+        if verify and (actual := _sha256(path)) != expected:
+            raise BundleError(
+                f"{path}: sha256 {actual[:12]}... does not match the manifest's {expected[:12]}...; "
+                "the file is corrupt or was changed after export: re-export the bundle"
+            )
+    bundle = LoadedBundle(
+        root=root,
+        manifest=manifest,
+        user_ids=_read_ids(root / USER_IDS),
+        user_vectors=_read_npy(root / USER_VECTORS),
+        item_ids=_read_ids(root / ITEM_IDS),
+        item_vectors=_read_npy(root / ITEM_VECTORS),
+        seen=_read_seen(root / SEEN),
+        popularity=_read_npy(root / POPULARITY),
+        index=_read_index(root / INDEX, manifest.index.search_params),
+    )
+    _check_loaded(bundle)
+    return bundle
+
+
+def _generated(created: datetime, version: str, files: dict[str, str]) -> dict[str, Any]:
+    return {"format_version": FORMAT_VERSION, "bundle_version": version, "created_at": created, "files": files}
+
+
+def _check_fields(fields: Mapping[str, Any]) -> None:
+    given = sorted(set(fields) & set(GENERATED_FIELDS))
+    if given:
+        raise BundleError(f"manifest fields {given} are filled in by write_bundle; leave them out")
+
+
+def _validate(data: Mapping[str, Any], what: str) -> Manifest:
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise BundleError(f"{what}: invalid manifest:\n{exc}") from exc
+
+
+def _float32_matrix(array: np.ndarray, what: str) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+        raise BundleError(f"{what}: expected a 2-D float array, got shape {array.shape} {array.dtype}")
+    if not np.isfinite(array).all():
+        raise BundleError(f"{what}: contains NaN or infinite values")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _check_ids(ids: Sequence[str], what: str) -> None:
+    if not all(isinstance(i, str) and i for i in ids):
+        raise BundleError(f"{what}: every id must be a non-empty string")
+    if len(set(ids)) != len(ids):
+        raise BundleError(f"{what}: ids are not unique")
+
+
+def _check_content(content: BundleContent, manifest: Manifest) -> None:
+    k = manifest.dims.item
+    users = _float32_matrix(content.user_vectors, "user_vectors")
+    items = _float32_matrix(content.item_vectors, "item_vectors")
+    _check_ids(content.user_ids, "user_ids")
+    _check_ids(content.item_ids, "item_ids")
+    for name, array, ids in (("user", users, content.user_ids), ("item", items, content.item_ids)):
+        if array.shape != (len(ids), k):
+            raise BundleError(
+                f"{name}_vectors: shape {array.shape}, expected ({len(ids)}, {k}) from {name}_ids and dims.item"
+            )
+    _check_seen(content.seen, len(content.user_ids), len(content.item_ids), "seen")
+    if np.asarray(content.popularity).shape != (len(content.item_ids),):
+        raise BundleError(f"popularity: shape {np.shape(content.popularity)}, expected ({len(content.item_ids)},)")
+
+
+def _check_seen(seen: Seen, n_users: int, n_items: int, what: str) -> None:
+    if seen.n_users != n_users or seen.indptr[0] != 0 or seen.indptr[-1] != len(seen.indices):
+        raise BundleError(f"{what}: CSR indptr does not describe {n_users} users over {len(seen.indices)} entries")
+    if np.any(np.diff(seen.indptr) < 0):
+        raise BundleError(f"{what}: CSR indptr must not decrease")
+    if len(seen.indices) and (seen.indices.min() < 0 or seen.indices.max() >= n_items):
+        raise BundleError(f"{what}: item rows must lie in [0, {n_items})")
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BundleError(f"{out_dir} is a file; a bundle is a folder, pick another path")
+    if out_dir.exists() and not (out_dir / MANIFEST_FILE).is_file() and any(out_dir.iterdir()):
+        raise BundleError(f"{out_dir} exists and is not a bundle; refusing to replace it, pick another folder")
+
+
+def _write_files(tmp: Path, content: BundleContent, manifest: Manifest) -> dict[str, Any]:
+    """Write every data file into `tmp`; return the index spec with its measured recall."""
+    graphs = ((IMAGE_ENCODER, content.image_encoder), (TEXT_ENCODER, content.text_encoder),
+              (ITEM_TOWER, content.item_tower), (manifest.tokenizer.file, content.tokenizer))
+    clashes = sorted(set(content.extra_files) & (_DATA_FILES | {MANIFEST_FILE, manifest.tokenizer.file}))
+    if clashes:
+        raise BundleError(f"extra files {clashes} would overwrite the bundle's own files; rename them")
+    nested = sorted(name for name in content.extra_files if Path(name).name != name)
+    if nested:
+        raise BundleError(f"extra files {nested} must be plain file names (a bundle is one flat folder)")
+    for name, source in (*graphs, *content.extra_files.items()):
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        _write_durably(tmp / name, data)
+    items = _float32_matrix(content.item_vectors, "item_vectors")
+    users = _float32_matrix(content.user_vectors, "user_vectors")
+    _save(tmp / USER_VECTORS, lambda f: np.save(f, users))
+    _save(tmp / ITEM_VECTORS, lambda f: np.save(f, items))
+    _write_durably(tmp / USER_IDS, json.dumps(list(content.user_ids)).encode())
+    _write_durably(tmp / ITEM_IDS, json.dumps(list(content.item_ids)).encode())
+    seen = content.seen
+    _save(tmp / SEEN, lambda f: np.savez(f, indptr=seen.indptr.astype(np.int64),
+                                         indices=seen.indices.astype(np.int64)))
+    _save(tmp / POPULARITY, lambda f: np.save(f, np.asarray(content.popularity, dtype=np.float32)))
+    spec = manifest.index
+    index, recall = build_index(items, spec.factory, spec.search_params, users if len(users) else None)
+    faiss.write_index(index, str(tmp / INDEX))
+    _fsync(tmp / INDEX)
+    return {**spec.model_dump(), "recall_at_50": recall}
+
+
+def _save(path: Path, write: Any) -> None:
+    with path.open("wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    _save(path, lambda handle: handle.write(data))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _version(created: datetime, files: dict[str, str]) -> str:
+    listing = "".join(f"{name}:{sha}\n" for name, sha in sorted(files.items()))
+    return f"{created:%Y%m%dT%H%M%SZ}-{hashlib.sha256(listing.encode()).hexdigest()[:10]}"
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename `tmp` to `out_dir`; an existing bundle is moved aside first and removed after.
+
+    A directory cannot be renamed over a non-empty one, so for a moment `out_dir` is absent; a
+    reader then gets "bundle folder not found", never a mix of two bundles.
+    """
+    _fsync(tmp)
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out_dir, old)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        if old is not None:
+            os.replace(old, out_dir)
+        raise
+    _fsync(out_dir.parent)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BundleError(f"{path}: not a readable .npy file ({exc})") from exc
+
+
+def _read_ids(path: Path) -> list[str]:
+    try:
+        ids = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(ids, list):
+        raise BundleError(f"{path}: expected a JSON list of ids")
+    _check_ids(ids, str(path))
+    return ids
+
+
+def _read_seen(path: Path) -> Seen:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return Seen(data["indptr"].astype(np.int64), data["indices"].astype(np.int64))
+    except (ValueError, OSError, KeyError, EOFError) as exc:
+        raise BundleError(f"{path}: expected an .npz with int arrays 'indptr' and 'indices' ({exc})") from exc
+
+
+def _read_index(path: Path, search_params: str) -> faiss.Index:
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise BundleError(f"{path}: FAISS cannot read it ({exc})") from exc
+    if not isinstance(index, faiss.IndexIDMap2):
+        raise BundleError(f"{path}: expected an IndexIDMap2 (ids = item rows), got {type(index).__name__}")
+    _set_search_params(faiss.downcast_index(index.index), search_params, path)
+    return index
+
+
+def _set_search_params(index: faiss.Index, search_params: str, where: object) -> None:
+    if not search_params:
+        return
+    try:
+        faiss.ParameterSpace().set_index_parameters(index, search_params)
+    except RuntimeError as exc:
+        raise BundleError(f"{where}: FAISS rejects search_params {search_params!r} ({exc})") from exc
+
+
+def _check_loaded(bundle: LoadedBundle) -> None:
+    k = bundle.manifest.dims.item
+    root = bundle.root
+    n_users, n_items = len(bundle.user_ids), len(bundle.item_ids)
+    arrays = ((USER_VECTORS, bundle.user_vectors, n_users), (ITEM_VECTORS, bundle.item_vectors, n_items))
+    for name, array, rows in arrays:
+        if array.shape != (rows, k) or array.dtype != np.float32:
+            raise BundleError(f"{root / name}: shape {array.shape} {array.dtype}, expected ({rows}, {k}) float32")
+    if bundle.popularity.shape != (n_items,):
+        raise BundleError(f"{root / POPULARITY}: shape {bundle.popularity.shape}, expected ({n_items},)")
+    _check_seen(bundle.seen, n_users, n_items, str(root / SEEN))
+    if bundle.index.ntotal != n_items or bundle.index.d != k:
+        raise BundleError(
+            f"{root / INDEX}: holds {bundle.index.ntotal} vectors of width {bundle.index.d}, "
+            f"expected {n_items} of width {k}"
+        )
+    if bundle.index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise BundleError(f"{root / INDEX}: the metric must be inner product")

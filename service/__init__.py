@@ -1,0 +1,1 @@
+"""The CLIPER recommendation service: FastAPI + ONNX Runtime + FAISS + Redis, from a model bundle."""

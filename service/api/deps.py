@@ -1,0 +1,33 @@
+"""Typed dependencies of the routers (tests may override them with `app.dependency_overrides`)."""
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from service.errors import Unauthorized
+from service.state import Services
+
+
+async def get_services(request: Request) -> Services:
+    """Async on purpose: FastAPI runs a sync dependency in its thread pool (a costly hop)."""
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def require_api_key(
+    services: ServicesDep, x_api_key: Annotated[str | None, Header(description="the service's API key")] = None
+) -> None:
+    """Write endpoints need `X-API-Key` when the service has an API key."""
+    expected = services.settings.api_key
+    if expected is None:
+        return
+    if x_api_key is None:
+        raise Unauthorized("this endpoint needs the API key in the X-API-Key header")
+    if not hmac.compare_digest(x_api_key.encode(), expected.get_secret_value().encode()):
+        raise Unauthorized("the X-API-Key header does not match the service's API key")
+
+
+ApiKey = Depends(require_api_key)

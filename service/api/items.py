@@ -1,0 +1,149 @@
+"""POST /items (JSON or multipart), GET /items/{item_id}, DELETE /items/{item_id}."""
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from service.api.deps import ApiKey, ServicesDep
+from service.api.schemas import Id, ItemCreated, ItemDeleted, ItemFields, ItemIn, ItemOut
+from service.errors import BadInput, UnsupportedMediaType
+from service.fetch import fetch_image
+from service.state import Services
+
+router = APIRouter(prefix="/items", tags=["items"])
+
+IMAGE_FORM_FIELD = "image"
+_RESERVED_FORM_FIELDS = {"item_id", IMAGE_FORM_FIELD}
+_OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": ItemIn.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["item_id", IMAGE_FORM_FIELD],
+                    "properties": {
+                        "item_id": {"type": "string"},
+                        IMAGE_FORM_FIELD: {"type": "string", "format": "binary"},
+                    },
+                    "additionalProperties": {"type": "string", "description": "a text field, e.g. title"},
+                }
+            },
+        },
+    }
+}
+
+
+@router.post("", status_code=201, response_model=ItemCreated, dependencies=[ApiKey], openapi_extra=_OPENAPI_BODY)
+async def create_item(
+    request: Request,
+    services: ServicesDep,
+    replace: Annotated[bool, Query(description="replace an existing item with this id")] = False,
+) -> ItemCreated:
+    """Ingest a product: encode its image and text views, persist it, make it a candidate at once."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        body = await _json_body(request)
+        _check_fields(body.fields, services)
+        item_id, fields, image = body.item_id, body.fields, await _json_image(body, services)
+    elif content_type == "multipart/form-data":
+        item_id, fields, image = await _from_form(request)
+        _check_fields(fields, services)
+    else:
+        raise UnsupportedMediaType(
+            f"send application/json or multipart/form-data, not {content_type or 'no Content-Type'}"
+        )
+    result = await services.items.ingest(item_id, fields, image, replace)
+    return ItemCreated(item_id=result.item_id, index_size=result.index_size,
+                       bundle_version=services.bundle_version, replaced=result.replaced)
+
+
+@router.get("/{item_id:path}", response_model=ItemOut)
+async def get_item(
+    item_id: Annotated[Id, Path()],
+    services: ServicesDep,
+    include_vector: Annotated[bool, Query(description="include the item vector")] = False,
+) -> ItemOut:
+    info = await services.items.get(item_id)
+    return ItemOut(item_id=info.item_id, source=info.source, fields=info.fields, created_at=info.created_at,
+                   bundle_version=services.bundle_version,
+                   vector=info.vector.tolist() if include_vector else None)
+
+
+@router.delete("/{item_id:path}", response_model=ItemDeleted, dependencies=[ApiKey])
+async def delete_item(item_id: Annotated[Id, Path()], services: ServicesDep) -> ItemDeleted:
+    """Withdraw a product: it stops being recommended at once."""
+    size = await services.items.delete(item_id)
+    return ItemDeleted(item_id=item_id, index_size=size, bundle_version=services.bundle_version)
+
+
+async def _json_body(request: Request) -> ItemIn:
+    try:
+        return ItemIn.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise _invalid_body(exc) from exc
+
+
+async def _json_image(body: ItemIn, services: Services) -> bytes:
+    """The image bytes of a JSON body: base64-decoded, or fetched from an allow-listed URL."""
+    if body.image_url is not None:
+        settings = services.settings
+        return await fetch_image(body.image_url, settings.image_url_allow_list, settings.max_body_bytes,
+                                 settings.image_url_timeout_s)
+    try:
+        return base64.b64decode(body.image_base64 or "", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadInput(f"image_base64 is not valid base64: {exc}") from exc
+
+
+async def _from_form(request: Request) -> tuple[str, dict[str, str], bytes]:
+    try:
+        async with request.form(max_files=1, max_fields=64) as form:
+            image = form.get(IMAGE_FORM_FIELD)
+            if not isinstance(image, UploadFile):
+                raise BadInput(f"upload the image as the file field {IMAGE_FORM_FIELD!r}")
+            data = await image.read()
+            values: dict[str, Any] = {key: value for key, value in form.items() if key != IMAGE_FORM_FIELD}
+    except HTTPException as exc:  # Starlette's multipart parser errors
+        raise BadInput(f"the multipart body cannot be parsed: {exc.detail}") from exc
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"a form field is not valid UTF-8: {exc}") from exc
+    non_text = [key for key, value in values.items() if not isinstance(value, str)]
+    if non_text:
+        raise BadInput(f"only one file ({IMAGE_FORM_FIELD!r}) may be uploaded; {non_text} must be text fields")
+    fields = {key: value for key, value in values.items() if key not in _RESERVED_FORM_FIELDS}
+    try:
+        body = ItemFields.model_validate({"item_id": values.get("item_id"), "fields": fields})
+    except ValidationError as exc:
+        raise _invalid_body(exc) from exc
+    return body.item_id, body.fields, data
+
+
+def _invalid_body(exc: ValidationError) -> RequestValidationError:
+    """FastAPI's 422 format; inputs are not echoed (they may be megabytes, or not UTF-8)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    return RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in errors])
+
+
+def _check_fields(fields: Mapping[str, str], services: Services) -> None:
+    columns = services.bundle.manifest.views.columns
+    unknown = sorted(set(fields) - set(columns))
+    if unknown:
+        raise BadInput(f"unknown text field(s) {unknown}; this bundle reads {columns}")
+    if not fields:
+        raise BadInput(f"an item needs at least one text field of {columns}")
+    empty = sorted(name for name, value in fields.items() if not value.strip())
+    if empty:
+        raise BadInput(f"text field(s) {empty} are empty; leave a field out when it has no value")
+    limit = services.settings.max_text_chars
+    long = {name: len(value) for name, value in fields.items() if len(value) > limit}
+    if long:
+        raise BadInput(f"text field(s) {long} are longer than {limit} characters; shorten them")

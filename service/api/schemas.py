@@ -1,0 +1,110 @@
+"""Request and response bodies (pydantic), shared by the routers and the OpenAPI docs."""
+
+import unicodedata
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+MAX_ID_CHARS = 256
+MAX_INTERACTIONS = 1000
+
+
+def check_id(value: str) -> str:
+    """An item or user id: 1..256 characters, no control characters, no surrounding spaces."""
+    if not value.strip():
+        raise ValueError("an id must not be empty")
+    if len(value) > MAX_ID_CHARS:
+        raise ValueError(f"an id must be at most {MAX_ID_CHARS} characters, got {len(value)}")
+    if value != value.strip():
+        raise ValueError("an id must not start or end with whitespace")
+    control = sorted({f"U+{ord(c):04X}" for c in value if unicodedata.category(c) in ("Cc", "Cs")})
+    if control:
+        raise ValueError(f"an id must not contain control characters, found {control}")
+    return value
+
+
+Id = Annotated[str, AfterValidator(check_id)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ItemFields(_Body):
+    """An item's id and text fields (the multipart form's non-file part)."""
+
+    item_id: Id
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="text fields by column name (the bundle's view columns, e.g. title, brand, "
+        "categories, description); leave out a field that has no value",
+        examples=[{"title": "Ceramic espresso cup", "brand": "Acme", "categories": "Kitchen|Cups"}],
+    )
+
+
+class ItemIn(ItemFields):
+    """A product to ingest (JSON); with multipart/form-data send `item_id` and each text field as
+    form fields and the image as the file field `image`."""
+
+    image_base64: str | None = Field(None, description="the image file (JPEG, PNG, WebP), base64-encoded")
+    image_url: str | None = Field(None, description="an image URL; only when the service allow-lists it")
+
+    @model_validator(mode="after")
+    def _one_image(self) -> "ItemIn":
+        if (self.image_base64 is None) == (self.image_url is None):
+            raise ValueError(
+                "send exactly one of image_base64 or image_url (or upload a file with multipart/form-data)"
+            )
+        return self
+
+
+class ItemCreated(BaseModel):
+    item_id: str
+    index_size: int
+    bundle_version: str
+    replaced: bool
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    source: Literal["bundle", "ingested"]
+    fields: dict[str, str] | None
+    created_at: datetime | None
+    bundle_version: str
+    vector: list[float] | None = Field(None, description="the item vector, with ?include_vector=true")
+
+
+class ItemDeleted(BaseModel):
+    item_id: str
+    index_size: int
+    bundle_version: str
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class Recommendations(BaseModel):
+    user_id: str
+    items: list[ScoredItem]
+    bundle_version: str
+    from_cache: bool = Field(description="the user vector came from the cache")
+    fallback: bool = Field(description="unknown user: items ranked by popularity, not by the model")
+
+
+class InteractionsIn(_Body):
+    item_ids: list[Id] = Field(min_length=1, max_length=MAX_INTERACTIONS)
+
+
+class InteractionsRecorded(BaseModel):
+    user_id: str
+    recorded: int
+    interactions_since_bundle: int
+    bundle_version: str
+
+
+class Health(BaseModel):
+    status: Literal["alive", "ready", "not ready"]
+    checks: dict[str, str] = {}

@@ -1,0 +1,40 @@
+"""GET /users/{user_id}/recommendations and POST /users/{user_id}/interactions."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from service.api.deps import ApiKey, ServicesDep
+from service.api.schemas import Id, InteractionsIn, InteractionsRecorded, Recommendations, ScoredItem
+from service.recommend import MAX_K
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+@router.get("/{user_id}/recommendations", response_model=Recommendations)
+async def recommendations(
+    user_id: Annotated[Id, Path()],
+    services: ServicesDep,
+    k: Annotated[int, Query(ge=1, le=MAX_K, description="how many items")] = 50,
+) -> Recommendations:
+    """Top-k items by the model's score, without items the user has interacted with; an unknown
+    user gets the most popular items (`fallback: true`)."""
+    result = await services.recommender.recommend(user_id, k)
+    return Recommendations(
+        user_id=user_id,
+        items=[ScoredItem(item_id=item_id, score=score) for item_id, score in result.items],
+        bundle_version=services.bundle_version,
+        from_cache=result.from_cache,
+        fallback=result.fallback,
+    )
+
+
+@router.post("/{user_id}/interactions", status_code=201, response_model=InteractionsRecorded, dependencies=[ApiKey])
+async def record_interactions(
+    user_id: Annotated[Id, Path()], body: InteractionsIn, services: ServicesDep
+) -> InteractionsRecorded:
+    """Record interactions: the items leave the user's recommendations and the user's vector is
+    updated by the fold-in rule (see `service/recommend.py`)."""
+    total = await services.recommender.record(user_id, body.item_ids)
+    return InteractionsRecorded(user_id=user_id, recorded=len(body.item_ids), interactions_since_bundle=total,
+                                bundle_version=services.bundle_version)

@@ -1,0 +1,99 @@
+"""App factory and lifespan: nothing happens at import; start-up builds every part onto app.state.
+
+Start-up order: read and verify the bundle, load and warm up the ONNX encoders, open the
+store and replay it onto the index and the users, connect the cache. The app is ready (see
+/health/ready) once all of that is done and the cache answers.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from cliper.bundle import read_bundle
+from service.api import health, items, metrics, users
+from service.cache import UserVectorCache, make_cache
+from service.config import Settings
+from service.encoders import ItemEncoder
+from service.errors import ServiceError
+from service.index import ItemIndex
+from service.ingest import ItemService
+from service.metrics import Metrics
+from service.middleware import BodyLimitMiddleware
+from service.recommend import Popularity, Recommender, UserState
+from service.state import Services
+from service.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def build_services(settings: Settings, cache: UserVectorCache, metrics: Metrics) -> Services:
+    """The blocking part of start-up (run in a thread): bundle, encoders, store replay."""
+    started = time.perf_counter()
+    bundle = read_bundle(settings.bundle, verify=settings.verify_bundle)
+    version = bundle.manifest.bundle_version
+    log.info("bundle %s: version %s, %d items, %d users", bundle.root, version,
+             len(bundle.item_ids), len(bundle.user_ids))
+    encoder = ItemEncoder(bundle, metrics, settings.providers, settings.intra_op_threads, settings.max_image_pixels)
+    encoder.warm_up()
+    index = ItemIndex(bundle.index, bundle.item_ids, bundle.item_vectors, settings.search_threads)
+    index.search(bundle.item_vectors[:1], 10)  # warm-up
+    store = Store(settings.resolved_data_dir)
+    item_service = ItemService(encoder, index, store, metrics, version, settings.max_batch_size,
+                               settings.max_batch_wait_ms / 1000)
+    item_service.replay()
+    users = UserState(bundle)
+    recommender = Recommender(users, index, Popularity(bundle, index), cache, store, metrics, version)
+    recommender.replay(store.interactions())
+    log.info("started in %.1fs (providers %s, cache %s)", time.perf_counter() - started,
+             encoder.providers, cache.kind)
+    return Services(settings, metrics, bundle, encoder, item_service, recommender, cache, store)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    metrics = Metrics()
+    cache = make_cache(settings.redis_url, settings.cache_ttl_s, settings.cache_max_entries,
+                       settings.redis_timeout_s, settings.redis_retry_s, metrics)
+    try:
+        services = await asyncio.to_thread(build_services, settings, cache, metrics)
+    except BaseException:
+        await cache.close()
+        raise
+    services.items.batcher.start()
+    services.recommender.searcher.start()
+    app.state.services = services
+    try:
+        yield
+    finally:
+        await services.items.batcher.stop()
+        await services.recommender.searcher.stop()
+        await cache.close()
+        services.store.close()
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return JSONResponse({"detail": exc.message, **exc.extra}, status_code=exc.status_code)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The FastAPI app; `settings` default to the `CLIPER_*` environment."""
+    settings = settings if settings is not None else Settings()  # type: ignore[call-arg]
+    app = FastAPI(
+        title="CLIPER recommendation service",
+        description="Multi-view CLIP item vectors, inner-product recommendations, from a model bundle.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_exception_handler(ServiceError, _service_error)
+    for module in (items, users, health, metrics):
+        app.include_router(module.router)
+    return app

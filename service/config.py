@@ -1,0 +1,57 @@
+"""Service settings: `CLIPER_*` environment variables, or the same names as `python -m service` flags."""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; defaults suit a single local instance."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLIPER_", extra="forbid", cli_kebab_case=True, cli_prog_name="python -m service"
+    )
+
+    bundle: Path = Field(description="model bundle folder (written by `python -m offline export`)")
+    verify_bundle: bool = Field(True, description="check every bundle file's sha256 at start-up")
+    data_dir: Path | None = Field(
+        None, description="where ingested items and interactions are kept (default: BUNDLE/../service-data)"
+    )
+    redis_url: str | None = Field(None, description="Redis for the user-vector cache; unset = in-process LRU")
+    redis_timeout_s: float = Field(0.25, gt=0, description="Redis socket timeout")
+    redis_retry_s: float = Field(1.0, ge=0, description="after a Redis error, skip Redis this long, then retry")
+    cache_ttl_s: int = Field(3600, ge=1, description="lifetime of a cached user vector")
+    cache_max_entries: int = Field(100_000, ge=1, description="size of the in-process LRU cache")
+    api_key: SecretStr | None = Field(None, description="required in X-API-Key by write endpoints when set")
+    providers: Annotated[list[str], NoDecode] = Field(
+        DEFAULT_PROVIDERS, description="ONNX Runtime providers in order of preference (comma-separated)"
+    )
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0 = runtime default)")
+    search_threads: int = Field(1, ge=1, description="OpenMP threads of one FAISS search (micro-batch)")
+    max_batch_size: int = Field(16, ge=1, description="most items encoded in one micro-batch")
+    max_batch_wait_ms: float = Field(5.0, ge=0, description="how long a micro-batch waits to fill up")
+    max_body_bytes: int = Field(16 * 2**20, ge=1024, description="largest request body accepted (413 beyond)")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="largest width x height decoded")
+    max_text_chars: int = Field(20_000, ge=1, description="longest text field accepted")
+    image_url_allow_list: Annotated[list[str], NoDecode] = Field(
+        [], description="URL prefixes image_url may point to (comma-separated); empty = no URL fetching"
+    )
+    image_url_timeout_s: float = Field(5.0, gt=0, description="timeout for fetching an image_url")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("providers", "image_url_allow_list", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir if self.data_dir is not None else self.bundle.absolute().parent / "service-data"

@@ -1,0 +1,147 @@
+"""The bundle's three ONNX graphs behind one call: item content in, item vectors out.
+
+`decode` and `prepare` do the per-item work (image decoding, preprocessing, prompts and chunking)
+and reject bad input; `encode` runs a batch of prepared items through the image encoder, the text
+encoder (all views and chunks of the batch at once, then pooled per view) and the item tower.
+"""
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from cliper.bundle import IMAGE_ENCODER, ITEM_TOWER, TEXT_ENCODER, BundleError, LoadedBundle
+from cliper.images import decode_image, preprocess
+from service.errors import BadInput
+from service.metrics import Metrics
+from service.text import PromptTokenizer, item_prompts
+
+log = logging.getLogger(__name__)
+
+def choose_providers(preference: Sequence[str]) -> list[str]:
+    """The preferred ONNX Runtime providers this runtime has, in order; CPU when none is."""
+    available = ort.get_available_providers()
+    chosen = [provider for provider in preference if provider in available]
+    if not chosen:
+        log.warning("none of the providers %s is available (have %s); using CPU", list(preference), available)
+        chosen = ["CPUExecutionProvider"]
+    log.info("ONNX Runtime providers: %s (available: %s)", chosen, available)
+    return chosen
+
+
+class OnnxModel:
+    """One ONNX graph whose input names are checked against what the service will feed."""
+
+    def __init__(self, path: Path, providers: list[str], threads: int, inputs: Sequence[str]) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # ONNX Runtime raises its own exception types for bad graphs
+            raise BundleError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
+        self.path = path
+        self.inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        if sorted(self.inputs) != sorted(inputs):
+            raise BundleError(f"{path}: inputs are {sorted(self.inputs)}, the manifest implies {sorted(inputs)}")
+        self.output_shape = self.session.get_outputs()[0].shape
+
+    def check_dim(self, name: str | None, axis: int, expected: int) -> None:
+        """Fail on a static dimension that contradicts the manifest (symbolic ones pass)."""
+        shape = self.output_shape if name is None else self.inputs[name]
+        actual = shape[axis] if -len(shape) <= axis < len(shape) else None
+        if isinstance(actual, int) and actual != expected:
+            what = "output" if name is None else f"input {name!r}"
+            raise BundleError(f"{self.path}: {what} axis {axis} is {actual}, the manifest says {expected}")
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, dict(feeds))[0]
+
+
+@dataclass
+class PreparedItem:
+    """One item ready for the encoders: pixels (3, S, S) and each view's prompts (chunks)."""
+
+    pixels: np.ndarray
+    prompts: list[list[str]]
+
+
+class ItemEncoder:
+    """Image encoder + text encoder + item tower of a bundle, with the service's metrics."""
+
+    def __init__(
+        self,
+        bundle: LoadedBundle,
+        metrics: Metrics,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        threads: int = 0,
+        max_image_pixels: int = 40_000_000,
+    ) -> None:
+        manifest = bundle.manifest
+        self.manifest = manifest
+        self.metrics = metrics
+        self.max_image_pixels = max_image_pixels
+        self.tokenizer = PromptTokenizer(bundle.path(manifest.tokenizer.file), manifest.tokenizer)
+        chosen = choose_providers(providers)
+        text_inputs = ["input_ids", "attention_mask"] if manifest.tokenizer.uses_attention_mask else ["input_ids"]
+        self.image = OnnxModel(bundle.path(IMAGE_ENCODER), chosen, threads, ["pixel_values"])
+        self.text = OnnxModel(bundle.path(TEXT_ENCODER), chosen, threads, text_inputs)
+        self.tower = OnnxModel(bundle.path(ITEM_TOWER), chosen, threads, ["image_features", "text_view_features"])
+        self.providers = self.image.session.get_providers()
+        n_views = len(manifest.views.view_names)
+        self.image.check_dim("pixel_values", -1, manifest.preprocess.image_size)
+        self.image.check_dim(None, -1, manifest.dims.image)
+        self.text.check_dim("input_ids", -1, manifest.tokenizer.context_length)
+        self.text.check_dim(None, -1, manifest.dims.text)
+        self.tower.check_dim("text_view_features", 1, n_views)
+        self.tower.check_dim(None, -1, manifest.dims.item)
+
+    def decode(self, data: bytes) -> Image.Image:
+        """Client image bytes -> RGB image, or `BadInput` saying what is wrong with them."""
+        with self.metrics.timed("decode"):
+            try:
+                return decode_image(data, self.max_image_pixels).convert("RGB")
+            except ValueError as exc:
+                raise BadInput(str(exc)) from exc
+            except Image.DecompressionBombError as exc:
+                raise BadInput(f"the image is too large to decode safely: {exc}") from exc
+            except Exception as exc:  # Pillow's format plugins raise many types on hostile bytes
+                raise BadInput(f"the image cannot be decoded: {type(exc).__name__}: {exc}") from exc
+
+    def prepare(self, fields: Mapping[str, str], image: Image.Image) -> PreparedItem:
+        """Preprocess the image and build each view's prompts (chunked) for one item."""
+        with self.metrics.timed("prepare"):
+            pixels = preprocess(image, self.manifest.preprocess)
+            prompts = item_prompts(self.manifest.views, fields, self.tokenizer, self.manifest.chunking)
+        return PreparedItem(pixels, prompts)
+
+    def encode(self, items: Sequence[PreparedItem]) -> np.ndarray:
+        """Item vectors (B, K) float32 for a batch of prepared items."""
+        self.metrics.batch_size.observe(len(items))
+        with self.metrics.timed("encode"):
+            image_features = self.image.run({"pixel_values": np.stack([item.pixels for item in items])})
+            text_views = self._text_views(items)
+        with self.metrics.timed("tower"):
+            vectors = self.tower.run(
+                {"image_features": image_features.astype(np.float32), "text_view_features": text_views}
+            )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def _text_views(self, items: Sequence[PreparedItem]) -> np.ndarray:
+        """(B, V, Dt): each view's chunk features pooled (sum or mean) as the offline job pools them."""
+        chunks = [chunk for item in items for view in item.prompts for chunk in view]
+        counts = np.array([len(view) for item in items for view in item.prompts])
+        features = self.text.run(self.tokenizer.encode(chunks)).astype(np.float32)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        pooled = np.add.reduceat(features, starts, axis=0)
+        if self.manifest.chunking.pooling == "mean":
+            pooled /= counts[:, None]
+        return pooled.reshape(len(items), -1, features.shape[-1])
+
+    def warm_up(self) -> None:
+        """One full encode, so the first client request does not pay for lazy initialisation."""
+        fields = {column: "warm up" for column in self.manifest.views.columns}
+        self.encode([self.prepare(fields, Image.new("RGB", (224, 224), (128, 128, 128)))])

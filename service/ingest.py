@@ -1,0 +1,129 @@
+"""Item ingestion, look-up and withdrawal, and the start-up replay of what clients changed.
+
+An ingested item is decoded and prepared in a worker thread (bad input fails here, before any
+batching), encoded in a micro-batch with concurrent requests, persisted, and only then added
+to the index: when the client gets its 201 the item is durable and a recommendation candidate.
+"""
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from tqdm import tqdm
+
+from service.batcher import MicroBatcher
+from service.encoders import ItemEncoder, PreparedItem
+from service.errors import Conflict, NotFound
+from service.index import ItemIndex
+from service.metrics import Metrics
+from service.store import Store, StoredItem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ingested:
+    item_id: str
+    index_size: int
+    replaced: bool
+
+
+@dataclass
+class ItemInfo:
+    item_id: str
+    source: str  # "bundle" or "ingested"
+    fields: dict[str, str] | None
+    created_at: datetime | None
+    vector: np.ndarray
+
+
+class ItemService:
+    """POST / GET / DELETE of items over the index, the store and the encoders."""
+
+    def __init__(
+        self,
+        encoder: ItemEncoder,
+        index: ItemIndex,
+        store: Store,
+        metrics: Metrics,
+        bundle_version: str,
+        max_batch_size: int,
+        max_batch_wait_s: float,
+    ) -> None:
+        self.encoder = encoder
+        self.index = index
+        self.store = store
+        self.metrics = metrics
+        self.bundle_version = bundle_version
+        self.batcher: MicroBatcher[PreparedItem, np.ndarray] = MicroBatcher(
+            self.encoder.encode, max_batch_size, max_batch_wait_s
+        )
+        self._write_lock = asyncio.Lock()
+
+    async def ingest(self, item_id: str, fields: Mapping[str, str], image: bytes, replace: bool) -> Ingested:
+        """Encode, persist and index one item; `Conflict` when it exists and `replace` is off."""
+        self._check_absent(item_id, replace)
+        prepared = await asyncio.to_thread(self._prepare, fields, image)
+        vector = await self.batcher.submit(prepared)
+        async with self._write_lock:
+            self._check_absent(item_id, replace)
+            stored = StoredItem(item_id, dict(fields), vector, self.bundle_version, datetime.now(UTC), image)
+            with self.metrics.timed("store"):
+                await asyncio.to_thread(self.store.put_item, stored)
+            _, replaced = self.index.put(item_id, vector)
+            self.metrics.index_size.set(self.index.size)
+        return Ingested(item_id, self.index.size, replaced)
+
+    async def get(self, item_id: str) -> ItemInfo:
+        row = self.index.row_of(item_id)
+        if row is None:
+            raise NotFound(f"item {item_id!r} is not in the catalog")
+        stored = await asyncio.to_thread(self.store.get_item, item_id)
+        vector = self.index.vectors([row])[0]
+        if stored is None:
+            return ItemInfo(item_id, "bundle", None, None, vector)
+        return ItemInfo(item_id, "ingested", stored.fields, stored.created_at, vector)
+
+    async def delete(self, item_id: str) -> int:
+        """Withdraw an item: it is no longer recommended; returns the index size."""
+        async with self._write_lock:
+            if self.index.row_of(item_id) is None:
+                raise NotFound(f"item {item_id!r} is not in the catalog (never ingested or already deleted)")
+            with self.metrics.timed("store"):
+                await asyncio.to_thread(self.store.delete_item, item_id)
+            self.index.remove(item_id)
+            self.metrics.index_size.set(self.index.size)
+        return self.index.size
+
+    def replay(self) -> None:
+        """Apply persisted deletions and ingested items to the bundle's index (at start-up).
+
+        Items stored under another bundle version are re-encoded from their stored image and
+        fields (their old vectors belong to another model) and stored again.
+        """
+        for item_id in self.store.deleted_ids():
+            self.index.remove(item_id)
+        items = self.store.items()
+        stale = [item for item in items if item.bundle_version != self.bundle_version]
+        if stale:
+            log.info("re-encoding %d items stored under other bundle versions", len(stale))
+        for item in tqdm(stale, desc="re-encode items", unit="item", disable=not stale):
+            item.image = self.store.image(item.item_id)
+            item.vector = self.encoder.encode([self._prepare(item.fields, item.image)])[0]
+            item.bundle_version = self.bundle_version
+            self.store.put_item(item)
+        for item in items:
+            self.index.put(item.item_id, item.vector)
+        self.metrics.index_size.set(self.index.size)
+        log.info("replayed %d ingested and %d deleted items; index holds %d items",
+                 len(items), len(self.store.deleted_ids()), self.index.size)
+
+    def _prepare(self, fields: Mapping[str, str], image: bytes) -> PreparedItem:
+        return self.encoder.prepare(fields, self.encoder.decode(image))
+
+    def _check_absent(self, item_id: str, replace: bool) -> None:
+        if not replace and self.index.row_of(item_id) is not None:
+            raise Conflict(f"item {item_id!r} already exists; send replace=true to replace it")

@@ -1,0 +1,49 @@
+"""Prometheus metrics of one app instance (own registry, so tests can run several apps)."""
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# decode: image bytes -> pixels; prepare: preprocessing, prompts, chunking; encode: image and text
+# encoders; tower: item tower; search: FAISS; cache: user-vector cache calls; store: SQLite writes.
+STAGES = ("decode", "prepare", "encode", "tower", "search", "cache", "store")
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    """Per-stage latency, cache hits and misses, Redis errors, batch sizes, index size."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.stage_seconds = Histogram(
+            "cliper_stage_seconds", "Latency of one stage of a request", ["stage"],
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.cache_requests = Counter(
+            "cliper_cache_requests", "User-vector cache look-ups", ["result"], registry=self.registry
+        )
+        self.redis_errors = Counter("cliper_redis_errors", "Failed Redis calls", registry=self.registry)
+        self.batch_size = Histogram(
+            "cliper_encode_batch_size", "Items per encoder micro-batch",
+            buckets=_BATCH_BUCKETS, registry=self.registry,
+        )
+        self.index_size = Gauge("cliper_index_items", "Items in the search index", registry=self.registry)
+        self.recommendations = Counter(
+            "cliper_recommendations", "Recommendation requests", ["source"], registry=self.registry
+        )
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
+        for result in ("hit", "miss"):
+            self.cache_requests.labels(result)
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Observe the wall time of the `with` body under `stage`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds.labels(stage).observe(time.perf_counter() - start)

@@ -1,0 +1,30 @@
+"""The parts of a running service, built by the lifespan and kept on `app.state.services`."""
+
+from dataclasses import dataclass
+
+from cliper.bundle import LoadedBundle
+from service.cache import UserVectorCache
+from service.config import Settings
+from service.encoders import ItemEncoder
+from service.ingest import ItemService
+from service.metrics import Metrics
+from service.recommend import Recommender
+from service.store import Store
+
+
+@dataclass
+class Services:
+    """Everything a request handler may use; lives on `app.state.services`."""
+
+    settings: Settings
+    metrics: Metrics
+    bundle: LoadedBundle
+    encoder: ItemEncoder
+    items: ItemService
+    recommender: Recommender
+    cache: UserVectorCache
+    store: Store
+
+    @property
+    def bundle_version(self) -> str:
+        return self.bundle.manifest.bundle_version

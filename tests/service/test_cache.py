@@ -1,0 +1,133 @@
+"""User-vector cache: real Redis (127.0.0.1:6379), a Redis killed mid-test, and the embedded LRU."""
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import redis
+from service_testing import free_port
+
+from service.cache import LruCache, cache_key
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+
+
+def recommend(client, user: str) -> dict:
+    response = client.get(f"/users/{user}/recommendations", params={"k": 5})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def metric(client, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+class RedisServer:
+    """A throw-away redis-server on its own port that a test can stop and start again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_hits_misses_ttl_and_keys_in_redis(make_client, factory) -> None:
+    shared = redis.Redis(host="127.0.0.1", port=6379)
+    try:
+        shared.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis at 127.0.0.1:6379 (run scripts/ensure_redis.sh)")
+    user = "user-003"
+    key = cache_key(factory.manifest.bundle_version, user, 0)
+    shared.delete(key)
+    with make_client(redis_url="redis://127.0.0.1:6379/0", cache_ttl_s=120) as client:
+        assert client.get("/health/ready").json()["checks"]["cache"] == "redis ok"
+        first, second = recommend(client, user), recommend(client, user)
+        assert (first["from_cache"], second["from_cache"]) == (False, True)
+        assert first["items"] == second["items"]
+        assert 0 < shared.ttl(key) <= 120
+        np.testing.assert_array_equal(np.frombuffer(shared.get(key), dtype=np.float32).shape, (16,))
+        assert metric(client, 'cliper_cache_requests_total{result="hit"}') >= 1
+        item = first["items"][0]["item_id"]
+        assert client.post(f"/users/{user}/interactions", json={"item_ids": [item]}).status_code == 201
+        assert shared.get(key) is None  # invalidated
+        assert recommend(client, user)["from_cache"] is False
+        assert recommend(client, user)["from_cache"] is True
+    shared.delete(key, cache_key(factory.manifest.bundle_version, user, 1))
+
+
+def test_service_keeps_answering_while_redis_is_down(make_client, redis_server: RedisServer) -> None:
+    user = "user-002"
+    with make_client(redis_url=redis_server.url, redis_retry_s=0.2, redis_timeout_s=0.2) as client:
+        assert recommend(client, user)["from_cache"] is False
+        assert recommend(client, user)["from_cache"] is True
+        redis_server.stop()
+        down = [recommend(client, user) for _ in range(3)]
+        assert [body["from_cache"] for body in down] == [False] * 3
+        assert all(body["items"] == down[0]["items"] for body in down)
+        assert metric(client, "cliper_redis_errors_total") >= 1
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503 and "unreachable" in ready.json()["checks"]["cache"]
+        redis_server.start()  # same port, empty
+        time.sleep(0.3)  # past redis_retry_s
+        assert recommend(client, user)["from_cache"] is False
+        assert recommend(client, user)["from_cache"] is True
+        assert client.get("/health/ready").status_code == 200
+
+
+def test_embedded_lru_expires_and_evicts() -> None:
+    async def main() -> None:
+        cache = LruCache(max_entries=2, ttl_s=0.1)
+        vector = np.arange(3, dtype=np.float32)
+        await cache.set("a", vector)
+        await cache.set("b", vector)
+        assert await cache.get("a") is not None  # a is now most recent
+        await cache.set("c", vector)
+        assert await cache.get("b") is None and await cache.get("a") is not None
+        await asyncio.sleep(0.15)
+        assert await cache.get("a") is None and await cache.problem() is None
+
+    asyncio.run(main())
+
+
+def test_embedded_cache_by_default(client) -> None:
+    assert client.get("/health/ready").json()["checks"]["cache"] == "embedded ok"
+    assert (recommend(client, "user-004")["from_cache"], recommend(client, "user-004")["from_cache"]) == (False, True)

@@ -1,0 +1,51 @@
+"""Liveness, readiness, Prometheus metrics, OpenAPI docs."""
+
+from bundle_factory import FactoryBundle, prototype_item
+from fastapi.testclient import TestClient
+from service_testing import item_body
+
+from service.app import create_app
+from service.config import Settings
+
+
+def samples(client: TestClient) -> dict[str, float]:
+    lines = client.get("/metrics").text.splitlines()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line and line[0] != "#"}
+
+
+def test_live_and_ready(client: TestClient, factory: FactoryBundle) -> None:
+    assert client.get("/health/live").json() == {"status": "alive", "checks": {}}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200
+    checks = ready.json()["checks"]
+    assert checks["bundle"] == f"verified {factory.manifest.bundle_version}"
+    assert checks["encoders"] == "warm on CPUExecutionProvider" and checks["cache"] == "embedded ok"
+
+
+def test_ready_is_503_before_start_up() -> None:
+    client = TestClient(create_app(Settings(bundle="/nonexistent")))  # no `with`: lifespan not run
+    response = client.get("/health/ready")
+    assert response.status_code == 503 and response.json()["checks"] == {"startup": "not finished"}
+    assert client.get("/health/live").status_code == 200
+
+
+def test_metrics_cover_every_stage(client: TestClient, factory: FactoryBundle) -> None:
+    client.post("/items", json=item_body(prototype_item(2, "metered")))
+    client.get("/users/user-001/recommendations")
+    client.get("/users/user-001/recommendations")
+    client.get("/users/stranger/recommendations")
+    values = samples(client)
+    for stage in ("decode", "prepare", "encode", "tower", "search", "cache", "store"):
+        assert values[f'cliper_stage_seconds_count{{stage="{stage}"}}'] >= 1, stage
+    assert values['cliper_cache_requests_total{result="hit"}'] == 1
+    assert values['cliper_cache_requests_total{result="miss"}'] == 1
+    assert values['cliper_recommendations_total{source="popularity"}'] == 1
+    assert values["cliper_index_items"] == len(factory.items) + 1
+    assert values["cliper_encode_batch_size_count"] == 2  # warm-up + one item
+
+
+def test_openapi_documents_both_item_bodies(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    content = spec["paths"]["/items"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(content)
+    assert "/users/{user_id}/recommendations" in spec["paths"]

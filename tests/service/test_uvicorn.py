@@ -1,0 +1,59 @@
+"""`python -m service` in a subprocess, over real HTTP; and the settings it reads."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from bundle_factory import FactoryBundle, prototype_item
+from service_testing import free_port, item_body
+
+from service.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_python_m_service_serves_http(factory: FactoryBundle, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "CLIPER_API_KEY": "k", "CLIPER_DATA_DIR": str(tmp_path / "data")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "--bundle", str(factory.path), "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.stdout.read().decode()
+            assert time.monotonic() < deadline, "the service did not become ready in 30 s"
+            time.sleep(0.1)
+        created = httpx.post(f"{base}/items", json=item_body(prototype_item(0, "http-item")),
+                             headers={"X-API-Key": "k"})
+        assert created.status_code == 201, created.text
+        recs = httpx.get(f"{base}/users/user-000/recommendations", params={"k": 3}).json()
+        assert recs["items"][0]["item_id"] == "http-item"  # user-000 likes cluster 0; this is its prototype
+        assert httpx.post(f"{base}/items", json=item_body(prototype_item(1, "x"))).status_code == 401
+    finally:
+        process.terminate()
+        # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status reports it
+        assert process.wait(timeout=15) in (0, -signal.SIGTERM)
+
+
+def test_settings_from_environment_and_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CLIPER_PROVIDERS", "CUDAExecutionProvider, CPUExecutionProvider")
+    monkeypatch.setenv("CLIPER_IMAGE_URL_ALLOW_LIST", "https://cdn.example.com/img/")
+    monkeypatch.setenv("CLIPER_BUNDLE", str(tmp_path / "b"))
+    settings = Settings(_cli_parse_args=["--port", "9123", "--redis-url", "redis://r:6379/0"])
+    assert settings.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert settings.image_url_allow_list == ["https://cdn.example.com/img/"]
+    assert (settings.port, settings.redis_url) == (9123, "redis://r:6379/0")
+    assert settings.resolved_data_dir == tmp_path / "service-data"
