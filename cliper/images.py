@@ -65,6 +65,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         image = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError as exc:
         raise ValueError("the image is not a format Pillow can read (send JPEG, PNG or WebP)") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, for images far over its limit
+        raise ValueError(f"the image is too large to decode; at most {max_pixels} pixels are accepted") from exc
     width, height = image.size
     if width * height > max_pixels:
         raise ValueError(

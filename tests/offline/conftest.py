@@ -66,3 +66,11 @@ def make_catalog(tmp_path: Path) -> Callable[..., Path]:
 def product_row() -> Callable[..., dict]:
     """Builds an items.csv row with every column of the products views."""
     return product
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A FREEDOM run folder on `synth_world` with cliper-tiny features (export, verify tests)."""
+    from tiny_run import train_tiny_run
+
+    return train_tiny_run(synth_world, tmp_path_factory.mktemp("tiny_run"))
