@@ -9,7 +9,7 @@ VIEWS ?=
 CLIP_MODEL ?=
 CLIP_PRETRAINED ?=
 
-.PHONY: venv test demo bench bench-serve clean
+.PHONY: venv test demo bench-serve clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 bash scripts/demo.sh
+
+bench-serve: $(STAMP)
+	bash scripts/ensure_redis.sh
+	$(PY) scripts/bench_serve.py
 
 clean:
 	rm -rf build .pytest_cache
