@@ -1,0 +1,1 @@
+"""Recommender training: BPR trainer with early stopping, full-ranking evaluation, runs, benchmarks."""

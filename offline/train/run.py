@@ -1,0 +1,155 @@
+"""One training run: catalog -> split -> features -> backbone -> metrics, written to `out/`.
+
+`out/` gets `checkpoint.pt` (best weights + model spec), `metrics.json` (`valid`, `test`,
+`cold` with `all` / `cold_only`, and the popularity baseline), `history.json` (per epoch: loss,
+valid recall@20, seconds), `config.yaml` (this run's settings) and `split/` (`SplitData.save`).
+"""
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import Field
+
+from offline.config import ConfigError, read_yaml
+from offline.data.catalog import load_catalog
+from offline.data.split import SplitConfig, SplitData, split_catalog
+from offline.models import MODELS, ContentFeatures, InteractionGraph, ModelSpec
+from offline.models.content import ID_ONLY, ContentMode
+from offline.train.evaluate import Evaluator, model_vectors, popularity_vectors
+from offline.train.trainer import Checkpoint, FitResult, TrainConfig, train_model
+
+CHECKPOINT_FILE = "checkpoint.pt"
+PATH_FIELDS = ("data", "features", "out")
+
+
+class RunConfig(TrainConfig):
+    """A training run. Paths in a YAML file are relative to that file's folder."""
+
+    data: Path = Field(description="catalog folder (items.csv, interactions.csv)")
+    views: str | None = Field(default=None, description="views preset or YAML; default: the catalog's own")
+    features: Path | None = Field(default=None, description="features folder; needed by multi-modal models")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: str = "freedom"
+    model_overrides: dict[str, Any] = Field(default_factory=dict, description="hyper-parameters over the model's YAML")
+    content_mode: ContentMode | None = Field(default=None, description="default: attention, or none for ID-only models")
+    tau: float = Field(default=0.2, gt=0)
+    drop_views: list[str] = Field(default_factory=list, description="text views left out (ablation)")
+    seed: int = 2024
+    out: Path = Path("runs/train")
+
+    def model_spec(self) -> ModelSpec:
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
+        mode = self.content_mode or ("attention" if MODELS[self.model].multimodal else ID_ONLY)
+        return ModelSpec(name=self.model, content_mode=mode, tau=self.tau, hparams=self.model_overrides).check()
+
+    @classmethod
+    def from_yaml(cls, path: Path, **overrides: Any) -> "RunConfig":
+        """Load `path`, resolving its relative paths against its folder; `overrides` (CLI
+        values, relative to the working directory) win."""
+        data = read_yaml(path)
+        for key in PATH_FIELDS:
+            if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+                data[key] = str((path.parent / data[key]).resolve())
+        data.update({key: value for key, value in overrides.items() if value is not None})
+        try:
+            return cls.model_validate(data)
+        except ValueError as exc:
+            raise ConfigError(f"invalid settings in {path}:\n{exc}") from exc
+
+
+def load_content(
+    folder: Path | None, split: SplitData, drop_views: list[str] | tuple[str, ...] = ()
+) -> ContentFeatures:
+    """The features of a split's items, minus the dropped views."""
+    if folder is None:
+        raise ConfigError("a multi-modal model needs `features` (a folder written by `python -m offline features`)")
+    content = ContentFeatures.load(folder, split.item_ids)
+    for view in drop_views:
+        content = content.without_view(view)
+    return content
+
+
+@dataclass
+class Experiment:
+    """The outcome of training one backbone on one split with one seed."""
+
+    spec: ModelSpec
+    seed: int
+    fit: FitResult
+    metrics: dict[str, Any]
+    seconds: float
+
+
+def run_experiment(
+    split: SplitData,
+    content: ContentFeatures | None,
+    spec: ModelSpec,
+    config: TrainConfig,
+    seed: int,
+    checkpoint: Path | None = None,
+    progress: bool = True,
+) -> Experiment:
+    """Train with early stopping, then evaluate the best weights on valid, test and cold."""
+    started = time.perf_counter()
+    evaluator = Evaluator(split, batch_size=config.eval_batch_size)
+    saver = Checkpoint(checkpoint, spec) if checkpoint is not None else None
+    graph = InteractionGraph.from_split(split)
+    model, fit = train_model(spec, graph, content, evaluator, config, seed, saver, progress)
+    vectors = model_vectors(model)
+    metrics = {
+        "valid": fit.best_valid,
+        "test": evaluator.evaluate_test(vectors),
+        "cold": evaluator.evaluate_cold(vectors) if model.multimodal else None,
+    }
+    return Experiment(spec, seed, fit, metrics, time.perf_counter() - started)
+
+
+def popularity_metrics(split: SplitData, batch_size: int = 4096) -> dict[str, dict[str, float]]:
+    """Valid and test metrics of ranking warm items by training popularity."""
+    evaluator = Evaluator(split, batch_size=batch_size)
+    vectors = popularity_vectors(split.n_users, split.n_items, split.train)
+    return {"valid": evaluator.evaluate_valid(vectors), "test": evaluator.evaluate_test(vectors)}
+
+
+def device_name(config: TrainConfig) -> str:
+    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+        return torch.cuda.get_device_name()
+    return "cpu"
+
+
+def train_run(cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
+    """Run `cfg` end to end and write its outputs into `cfg.out`; returns the metrics."""
+    spec = cfg.model_spec()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    split = split_catalog(load_catalog(cfg.data, views=cfg.views), cfg.split)
+    split.save(out / "split")
+    content = load_content(cfg.features, split, cfg.drop_views) if spec.model_class().multimodal else None
+    experiment = run_experiment(split, content, spec, cfg, cfg.seed, out / CHECKPOINT_FILE, progress)
+    metrics = {
+        "model": spec.name,
+        "content_mode": spec.content_mode,
+        "tau": spec.tau,
+        "views": list(content.views) if content is not None else [],
+        "seed": cfg.seed,
+        "device": device_name(cfg),
+        "split": split.summary(),
+        "best_epoch": experiment.fit.best_epoch,
+        "epochs_run": experiment.fit.epochs_run,
+        "train_seconds": round(experiment.fit.seconds, 2),
+        "seconds_per_epoch": round(experiment.fit.seconds / experiment.fit.epochs_run, 3),
+        **experiment.metrics,
+        "popularity": popularity_metrics(split, cfg.eval_batch_size),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    (out / "history.json").write_text(json.dumps(experiment.fit.history_dicts(), indent=2), encoding="utf-8")
+    absolute = {key: Path(getattr(cfg, key)).resolve() for key in PATH_FIELDS if getattr(cfg, key) is not None}
+    resolved = cfg.model_copy(update={"content_mode": spec.content_mode, **absolute}).model_dump(mode="json")
+    (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    return metrics

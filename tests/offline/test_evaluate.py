@@ -1,0 +1,145 @@
+"""Full-ranking metrics checked by hand, masking rules, the cold protocol, popularity."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from offline.train.evaluate import Evaluator, UserItems, evaluate_ranking, popularity_vectors, ranking_metrics
+
+
+def test_metrics_match_hand_computed_values() -> None:
+    # user A has 2 targets, hit at ranks 1 and 3; user B has 1 target, hit at rank 2
+    hits = np.array([[1, 0, 1, 0, 0], [0, 1, 0, 0, 0]], dtype=bool)
+    metrics = ranking_metrics(hits, np.array([2, 1]), ks=(1, 3, 5))
+    log2 = math.log2
+    expected = {
+        "recall@1": (1 / 2 + 0) / 2,
+        "recall@3": (1 + 1) / 2,
+        "recall@5": (1 + 1) / 2,
+        "precision@1": (1 + 0) / 2,
+        "precision@3": (2 / 3 + 1 / 3) / 2,
+        "precision@5": (2 / 5 + 1 / 5) / 2,
+        "ndcg@1": (1 + 0) / 2,
+        "ndcg@3": ((1 + 1 / log2(4)) / (1 + 1 / log2(3)) + (1 / log2(3)) / 1) / 2,
+        "ndcg@5": ((1 + 1 / log2(4)) / (1 + 1 / log2(3)) + (1 / log2(3)) / 1) / 2,
+        "map@1": (1 / 1 + 0) / 2,
+        "map@3": ((1 + 2 / 3) / 2 + (1 / 2) / 1) / 2,
+        "map@5": ((1 + 2 / 3) / 2 + (1 / 2) / 1) / 2,
+    }
+    assert metrics.keys() == expected.keys()
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value), key
+
+
+def test_ideal_dcg_uses_min_of_targets_and_k() -> None:
+    # 3 targets, all hit in the top 2: NDCG@2 is perfect although a third target exists
+    metrics = ranking_metrics(np.array([[1, 1]], dtype=bool), np.array([3]), ks=(2,))
+    assert metrics["ndcg@2"] == pytest.approx(1.0)
+    assert metrics["recall@2"] == pytest.approx(2 / 3)
+    assert metrics["map@2"] == pytest.approx(1.0)
+
+
+def test_user_items_mask() -> None:
+    sets = UserItems(np.array([[2, 4], [0, 1], [2, 0], [0, 1]]), n_users=3)
+    assert sets.users().tolist() == [0, 2]
+    assert sets.counts(np.array([0, 1, 2])).tolist() == [1, 0, 2]
+    mask = sets.mask(np.array([2, 1, 0]), n_items=5)
+    assert mask.tolist() == [
+        [True, False, False, False, True],
+        [False] * 5,
+        [False, True, False, False, False],
+    ]
+
+
+def one_user_split() -> SimpleNamespace:
+    """Items 0-4 warm, 5 cold; user 0 trained on 0 and 1, valid 2, test 3, cold test 5."""
+    return SimpleNamespace(
+        n_users=1,
+        n_items=6,
+        train=np.array([[0, 0], [0, 1]]),
+        valid=np.array([[0, 2]]),
+        test=np.array([[0, 3]]),
+        cold_test=np.array([[0, 5]]),
+        cold_items=np.array([5]),
+    )
+
+
+def vectors(scores: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.ones(1, 1), torch.tensor(scores, dtype=torch.float32).unsqueeze(1)
+
+
+def test_valid_masks_training_positives_and_cold_items() -> None:
+    evaluator = Evaluator(one_user_split(), ks=(1, 2))
+    # train positives 0, 1 and the cold item 5 score highest, yet valid item 2 comes first
+    assert evaluator.evaluate_valid(vectors([10, 9, 8, 7, 6, 11]))["recall@1"] == 1.0
+
+
+def test_test_masks_training_positives_only() -> None:
+    evaluator = Evaluator(one_user_split(), ks=(1, 2))
+    # MMRec: the valid item 2 stays a candidate at test time and pushes test item 3 to rank 2
+    metrics = evaluator.evaluate_test(vectors([10, 9, 8, 7, 6, 11]))
+    assert metrics["recall@1"] == 0.0 and metrics["recall@2"] == 1.0
+
+
+def test_cold_protocol_ranks_among_all_and_among_cold() -> None:
+    evaluator = Evaluator(one_user_split(), ks=(1, 2))
+    cold = evaluator.evaluate_cold(vectors([10, 9, 8, 7, 6, 7.5]))
+    assert cold["all"]["recall@1"] == 0.0 and cold["all"]["recall@2"] == 1.0  # behind item 2
+    assert cold["cold_only"]["recall@1"] == 1.0
+
+
+def test_no_cold_interactions_means_no_cold_metrics() -> None:
+    split = one_user_split()
+    split.cold_test = np.zeros((0, 2), dtype=np.int64)
+    assert Evaluator(split).evaluate_cold(vectors([1, 2, 3, 4, 5, 6])) is None
+
+
+def test_evaluator_rejects_cold_items_outside_cold_test() -> None:
+    split = one_user_split()
+    split.valid = np.array([[0, 5]])
+    with pytest.raises(ValueError, match="cold items"):
+        Evaluator(split)
+
+
+def test_evaluator_needs_valid_and_test_interactions() -> None:
+    split = one_user_split()
+    split.test = np.zeros((0, 2), dtype=np.int64)
+    with pytest.raises(ValueError, match="no test interactions"):
+        Evaluator(split)
+
+
+def test_fewer_candidates_than_k_are_padded_as_misses() -> None:
+    targets = UserItems(np.array([[0, 1]]), 1)
+    exclude = UserItems(np.zeros((0, 2), dtype=np.int64), 1)
+    metrics = evaluate_ranking(torch.ones(1, 1), torch.tensor([[2.0], [1.0], [0.0]]), targets, exclude, ks=(5,))
+    assert metrics["recall@5"] == 1.0
+    assert metrics["precision@5"] == pytest.approx(1 / 5)
+
+
+def test_masked_items_are_never_hits_even_when_they_fill_the_list() -> None:
+    # one candidate only, k = 2: the second slot is a masked (-inf) item that is also a target
+    targets = UserItems(np.array([[0, 0], [0, 1]]), 1)
+    exclude = UserItems(np.zeros((0, 2), dtype=np.int64), 1)
+    candidates = torch.tensor([True, False])
+    metrics = evaluate_ranking(torch.ones(1, 1), torch.tensor([[1.0], [5.0]]), targets, exclude, candidates, ks=(2,))
+    assert metrics["recall@2"] == 0.5
+
+
+def test_popularity_baseline() -> None:
+    users, items = popularity_vectors(3, 4, np.array([[0, 2], [1, 2], [2, 2], [0, 1]]))
+    assert users.shape == (3, 1)
+    assert items.squeeze(1).tolist() == [0.0, 1.0, 3.0, 0.0]
+    split = SimpleNamespace(
+        n_users=2,
+        n_items=4,
+        train=np.array([[0, 2], [1, 2], [0, 1]]),
+        valid=np.array([[1, 1]]),
+        test=np.array([[1, 0]]),
+        cold_test=np.zeros((0, 2), dtype=np.int64),
+        cold_items=np.zeros(0, dtype=np.int64),
+    )
+    pop = popularity_vectors(2, 4, split.train)
+    assert Evaluator(split, ks=(1,)).evaluate_valid(pop)["recall@1"] == 1.0  # item 1 is the most popular unseen

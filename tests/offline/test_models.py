@@ -1,0 +1,248 @@
+"""Backbone contract: registry, hyper-parameters, inner-product scoring, the cold/content path,
+FREEDOM's graphs, and learning a planted structure better than random."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from planted import World
+
+from offline.config import ConfigError
+from offline.models import MODELS, ColdStartUnsupported, InteractionGraph, ModelSpec, build_model
+from offline.models.features import ContentFeatures, FeaturesError
+from offline.models.content import ridge_regression
+from offline.models.freedom import FREEDOM
+from offline.models.hparams import load_hparams
+from offline.train.run import run_experiment
+from offline.train.trainer import TrainConfig
+
+WORLD = World()
+ID_ONLY = [name for name, model in MODELS.items() if not model.multimodal]
+MULTIMODAL = [name for name, model in MODELS.items() if model.multimodal]
+
+
+@pytest.fixture(scope="module")
+def split():
+    return WORLD.split()
+
+
+@pytest.fixture(scope="module")
+def graph(split) -> InteractionGraph:
+    return InteractionGraph.from_split(split)
+
+
+@pytest.fixture(scope="module")
+def content() -> ContentFeatures:
+    return WORLD.content()
+
+
+def default_spec(name: str, mode: str | None = None) -> ModelSpec:
+    return ModelSpec(name=name, content_mode=mode or ("attention" if MODELS[name].multimodal else "none"))
+
+
+def test_registry_is_explicit() -> None:
+    assert set(MODELS) == {"bpr", "lightgcn", "vbpr", "freedom", "bm3"}
+    assert set(ID_ONLY) == {"bpr", "lightgcn"}
+
+
+def test_hparams_merge_defaults_model_yaml_and_overrides() -> None:
+    hp = load_hparams("freedom", FREEDOM.HParams, {"knn_k": 5})
+    assert hp.embedding_size == 64 and hp.weight_decay == 0.0  # defaults.yaml
+    assert hp.learning_rate == 5e-3 and hp.dropout == 0.8  # freedom.yaml over defaults.yaml
+    assert hp.knn_k == 5  # override
+
+
+def test_unknown_or_invalid_hparams_are_errors(graph, content) -> None:
+    with pytest.raises(ConfigError, match="knn"):
+        build_model(ModelSpec(name="bpr", content_mode="none", hparams={"knn_k": 3}), graph)
+    with pytest.raises(ConfigError, match="dropout"):
+        build_model(ModelSpec(name="freedom", hparams={"dropout": 1.5}), graph, content)
+
+
+def test_content_mode_must_fit_the_backbone(graph, content) -> None:
+    with pytest.raises(ConfigError, match="ID-only"):
+        build_model(ModelSpec(name="lightgcn", content_mode="attention"), graph)
+    with pytest.raises(ConfigError, match="multi-modal"):
+        build_model(ModelSpec(name="vbpr", content_mode="none"), graph, content)
+    with pytest.raises(ConfigError, match="needs content"):
+        build_model(ModelSpec(name="vbpr"), graph, None)
+    with pytest.raises(ConfigError, match="unknown model"):
+        build_model(ModelSpec(name="nope"), graph, content)
+    no_global = content.without_view("global")
+    with pytest.raises(ValueError, match="global"):
+        build_model(ModelSpec(name="vbpr", content_mode="global"), graph, no_global)
+
+
+def test_graph_rejects_cold_items_in_training(split) -> None:
+    train = np.vstack([split.train, [[0, split.cold_items[0]]]])
+    with pytest.raises(ValueError, match="cold item"):
+        InteractionGraph(split.n_users, split.n_items, train, split.cold_items)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_scores_are_inner_products_of_the_vectors(name, graph, content) -> None:
+    torch.manual_seed(0)
+    model = build_model(default_spec(name), graph, content).eval()
+    users = torch.tensor([0, 3, 7])
+    with torch.no_grad():
+        item_vectors = model.item_vectors()
+        user_vectors = model.user_vectors()
+        scores = model.full_sort_predict(users)
+    assert item_vectors.shape[0] == graph.n_items and user_vectors.shape[0] == graph.n_users
+    assert item_vectors.shape[1] == user_vectors.shape[1]
+    torch.testing.assert_close(scores, user_vectors[users] @ item_vectors.T)
+
+
+@pytest.mark.parametrize("name", MULTIMODAL)
+@pytest.mark.parametrize("mode", ["image", "global", "mean", "sum", "concat", "mlp", "attention"])
+def test_cold_rows_come_from_the_content_path(name, mode, graph, content) -> None:
+    torch.manual_seed(0)
+    model = build_model(default_spec(name, mode), graph, content).eval()
+    cold = torch.from_numpy(graph.cold_items)
+    with torch.no_grad():
+        item_vectors = model.item_vectors()
+        from_content = model.content_item_vectors(content.image[cold], content.text_views[cold])
+        user_vectors = model.user_vectors()
+    assert from_content.shape == (len(cold), item_vectors.shape[1])
+    torch.testing.assert_close(item_vectors[cold], from_content)
+    # The service scores a new item as user . content vector, the same numbers as full ranking.
+    scores = model.full_sort_predict(torch.arange(graph.n_users))
+    torch.testing.assert_close(user_vectors @ from_content.T, scores[:, cold])
+
+
+@pytest.mark.parametrize("name", ID_ONLY)
+def test_id_only_models_have_no_content_path(name, graph, content) -> None:
+    model = build_model(default_spec(name), graph).eval()
+    with pytest.raises(ColdStartUnsupported, match="ID-only"):
+        model.content_item_vectors(content.image[:2], content.text_views[:2])
+    with torch.no_grad():
+        assert model.item_vectors()[torch.from_numpy(graph.cold_items)].abs().sum() == 0
+
+
+def test_freedom_content_graph_uses_only_warm_items(graph, content) -> None:
+    model = build_model(ModelSpec(name="freedom", hparams={"knn_k": 4}), graph, content)
+    cold = set(graph.cold_items.tolist())
+    for item_graph in model.content_graphs:
+        assert item_graph.table.shape == (graph.n_items, 4)
+        assert not cold & set(item_graph.table.flatten().tolist())
+        warm = torch.from_numpy(graph.warm_items)
+        assert (item_graph.table[warm, 0] == warm).all()  # a warm item is its own nearest neighbour
+
+
+def test_freedom_cold_vector_is_content_estimate_plus_neighbour_mean(graph, content) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(name="freedom", content_mode="image", hparams={"knn_k": 3}), graph, content).eval()
+    item = int(graph.cold_items[0])
+    image = content.image[item : item + 1]
+    with torch.no_grad():
+        vector = model.content_item_vectors(image, content.text_views[item : item + 1])
+        warm = torch.from_numpy(graph.warm_items)
+        similarity = torch.nn.functional.cosine_similarity(content.image[warm], image)
+        neighbours = warm[similarity.topk(3).indices]
+        estimate = image @ model.id_map_weight + model.id_map_bias
+        expected = estimate + model.item_embedding.weight[neighbours].mean(dim=0)
+    torch.testing.assert_close(vector, expected)
+
+
+def test_freedom_cold_path_matches_the_sparse_item_graph_with_two_layers(graph, content) -> None:
+    torch.manual_seed(0)
+    spec = ModelSpec(name="freedom", content_mode="image", hparams={"knn_k": 3, "n_mm_layers": 2})
+    model = build_model(spec, graph, content).eval()
+    items = torch.from_numpy(graph.cold_items[:5])
+    with torch.no_grad():
+        vectors = model.content_item_vectors(content.image[items], content.text_views[items])
+        h1 = torch.sparse.mm(model.item_adjacency, model.item_embedding.weight)  # one layer, training form
+        neighbours = model.content_graphs[0].neighbours(content.image[items])
+        estimate = model.estimate_id_part([content.image[items]])
+        expected = estimate + h1[neighbours].mean(dim=1)
+    torch.testing.assert_close(vectors, expected)
+
+
+@pytest.mark.parametrize("rows", [50, 8])  # primal and dual forms
+def test_ridge_regression_recovers_a_linear_map(rows) -> None:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, 10, generator=generator)
+    weight, bias = torch.randn(10, 3, generator=generator), torch.randn(3, generator=generator)
+    fitted_weight, fitted_bias = ridge_regression(x, x @ weight + bias, strength=1e-9)
+    torch.testing.assert_close(x @ fitted_weight + fitted_bias, x @ weight + bias, atol=1e-4, rtol=1e-4)
+    shrunk, _ = ridge_regression(x, x @ weight + bias, strength=10.0)
+    assert shrunk.norm() < fitted_weight.norm()
+
+
+@pytest.mark.parametrize("name", MULTIMODAL)
+def test_cold_map_is_refitted_in_eval_mode_and_saved(name, graph, content) -> None:
+    torch.manual_seed(0)
+    model = build_model(default_spec(name), graph, content)
+    assert model.id_map_weight.abs().sum() == 0  # not fitted before the first eval
+    model.eval()
+    assert model.id_map_weight.abs().sum() > 0
+    assert {"id_map_weight", "id_map_bias"} <= model.state_dict().keys()
+    with torch.no_grad():  # a fitted intercept: zero mean residual over the warm items
+        warm = torch.from_numpy(graph.warm_items)
+        residual = model.estimate_id_part(model.item_content())[warm] - model.id_part()[warm]
+    assert residual.mean(dim=0).abs().max() < 1e-4
+
+
+def test_freedom_prunes_edges_each_epoch(graph, content) -> None:
+    model = build_model(ModelSpec(name="freedom", hparams={"dropout": 0.5}), graph, content)
+    torch.manual_seed(0)
+    model.pre_epoch()
+    kept = model.train_adjacency._nnz() // 2
+    assert kept == int(len(graph.edges) * 0.5)
+    assert model.adjacency._nnz() // 2 == len(graph.edges)
+
+
+def test_features_align_by_item_id(tmp_path, split) -> None:
+    folder = WORLD.write_features(tmp_path / "features")  # rows stored in reverse order
+    loaded = ContentFeatures.load(folder, split.item_ids)
+    expected = WORLD.content()
+    torch.testing.assert_close(loaded.image, expected.image)
+    torch.testing.assert_close(loaded.text_views, expected.text_views)
+    assert loaded.views[-1] == "global"
+    with pytest.raises(FeaturesError, match="no features"):
+        ContentFeatures.load(folder, ["i0", "unknown-item"])
+
+
+def test_content_exports_to_onnx(graph, content, tmp_path) -> None:
+    """The cold path (fusion + kNN + projections) traces into ONNX: the service's item tower."""
+    model = build_model(ModelSpec(name="freedom", content_mode="attention"), graph, content).eval()
+
+    class Tower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, image: torch.Tensor, text_views: torch.Tensor) -> torch.Tensor:
+            return self.model.content_item_vectors(image, text_views)
+
+    path = tmp_path / "tower.onnx"
+    batch = torch.export.Dim("batch")
+    example = (content.image[:4], content.text_views[:4])
+    torch.onnx.export(Tower().eval(), example, str(path), dynamic_shapes=({0: batch}, {0: batch}))
+    session = ort.InferenceSession(str(path))
+    names = [node.name for node in session.get_inputs()]
+    (vectors,) = session.run(None, dict(zip(names, (content.image[10:17].numpy(), content.text_views[10:17].numpy()))))
+    with torch.no_grad():
+        expected = model.content_item_vectors(content.image[10:17], content.text_views[10:17])
+    np.testing.assert_allclose(vectors, expected.numpy(), atol=1e-4)
+
+
+def random_recall(split, k: int = 10, candidates: int | None = None) -> float:
+    return k / (candidates or (split.n_items - len(split.cold_items)))
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [("bpr", "none"), ("lightgcn", "none"), ("vbpr", "attention"), ("freedom", "attention"), ("bm3", "mean")],
+)
+def test_backbones_learn_the_planted_structure(name, mode, split, content) -> None:
+    config = TrainConfig(epochs=15, patience=15, batch_size=256, device="cpu")
+    spec = ModelSpec(name=name, content_mode=mode, hparams={"learning_rate": 0.01})
+    experiment = run_experiment(split, content, spec, config, seed=0, progress=False)
+    assert experiment.metrics["test"]["recall@10"] > 3 * random_recall(split)
+    if MODELS[name].multimodal:
+        cold = experiment.metrics["cold"]
+        assert cold["cold_only"]["recall@10"] > 2 * random_recall(split, candidates=len(split.cold_items))
+        assert cold["all"]["recall@10"] > 3 * random_recall(split, candidates=split.n_items)
+    else:
+        assert experiment.metrics["cold"] is None
