@@ -1,0 +1,39 @@
+"""`python -m offline export --run RUN --out BUNDLE`: a trained run as a model bundle."""
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+NAME = "export"
+
+
+def command(
+    run: Annotated[Path, typer.Option(help="run folder written by `python -m offline train`")],
+    out: Annotated[Path, typer.Option(help="bundle folder to write (an existing bundle there is replaced)")],
+    index_factory: Annotated[
+        str, typer.Option(help="FAISS index factory: Flat (exact), IVF256,Flat, HNSW32, ...")
+    ] = "Flat",
+    search_params: Annotated[str, typer.Option(help="FAISS search parameters, e.g. nprobe=16")] = "",
+    fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="also write fp16 graphs for GPU serving")] = True,
+    clip: Annotated[
+        str | None,
+        typer.Option(help="train-clip run folder or clip.json [default: the CLIP the run's features were made with]"),
+    ] = None,
+) -> None:
+    """Export ONNX encoders and item tower, tokenizer, vectors, seen items, FAISS index, manifest."""
+    from offline.clip.features import resolve_clip
+    from offline.export.bundle import ExportConfig, bundle_size, export_bundle
+
+    started = time.perf_counter()
+    spec = resolve_clip(clip, None, run, None) if clip is not None else None
+    cfg = ExportConfig(index_factory=index_factory, search_params=search_params, fp16=fp16)
+    manifest = export_bundle(run, out, cfg, spec)
+    index = manifest.index
+    recall = f", recall@50 vs exact {index.recall_at_50:.4f}" if index.recall_at_50 is not None else " (exact)"
+    typer.echo(
+        f"export: wrote {out} (version {manifest.bundle_version}) in {time.perf_counter() - started:.1f} s, "
+        f"{bundle_size(out) / 2**20:.1f} MiB: {manifest.backbone}/{manifest.fusion.mode}, "
+        f"item vectors of {manifest.dims.item}, index {index.factory}{recall}"
+    )

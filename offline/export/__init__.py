@@ -1,0 +1,1 @@
+"""Export: ONNX encoders and item tower, the tokenizer file, the model bundle, and its verification."""

@@ -1,0 +1,376 @@
+"""`offline verify`: check a bundle against the run it was exported from.
+
+Checks, in order (each one a row of the report; a failed check fails the bundle):
+- files: every file's sha256 and the format version (`cliper.bundle.read_bundle`);
+- provenance: backbone, fusion, dims, views, CLIP identity, user and item ids equal the run's;
+- tokenizer: the bundle's `tokenizer.json` gives open_clip's ids on the sample items' prompts;
+- preprocessing: `cliper.images` gives open_clip's image tensors on the sample items' images;
+- the ONNX image and text encoders and the item tower against torch (fp16 graphs reported);
+- items from raw content: images and prompts through the bundle alone (as the service does)
+  give the run's features and the offline item vectors;
+- top-50 lists of sample users from the bundle's vectors and index equal the trained model's.
+"""
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from onnxruntime import InferenceSession
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image
+from torch.overrides import TorchFunctionMode
+
+from cliper.bundle import (
+    IMAGE_ENCODER,
+    ITEM_TOWER,
+    TEXT_ENCODER,
+    BundleError,
+    LoadedBundle,
+    fp16_variant,
+    read_bundle,
+)
+from cliper.images import preprocess
+from cliper.manifest import Dims, Fusion
+from cliper.tokenizer import TextTokenizer
+from cliper.views import chunk_prompts
+from offline.clip.model import ClipHandle, ClipSpec
+from offline.config import ConfigError
+from offline.data.images import ImageLoader
+from offline.export.bundle import SOURCE_FILE, TrainedRun, load_run
+from offline.export.onnx_export import cpu_session
+from offline.train.evaluate import model_vectors
+
+TOP_K = 50
+PIXEL_TOLERANCE = 1e-5
+TOPK_MARGIN = 1e-5  # a top-k closer than this to another choice can flip with float rounding
+
+
+@dataclass(frozen=True)
+class Check:
+    """One row of the report."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+class TopkMargins(TorchFunctionMode):
+    """Records, for each `torch.topk` over the last axis of a (B, n) tensor, every row's gap
+    between its k-th and (k+1)-th value: how far the row is from a different top-k."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gaps: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if func is torch.topk:
+            values, k = args[0], args[1] if len(args) > 1 else kwargs["k"]
+            if values.ndim == 2 and k < values.shape[1] and kwargs.get("dim", -1) in (-1, 1):
+                top = torch.topk(values, k + 1, dim=-1).values  # the mode is off inside its handler
+                self.gaps.append(top[:, k - 1] - top[:, k])
+        return result
+
+    def per_row(self, rows: int) -> torch.Tensor:
+        """The smallest recorded gap of each of `rows` rows (inf when there was no top-k)."""
+        gaps = [gap for gap in self.gaps if len(gap) == rows]
+        return torch.stack(gaps).amin(dim=0) if gaps else torch.full((rows,), float("inf"))
+
+
+@dataclass
+class Sample:
+    """The items and users the parity checks run on (rows of the split / bundle)."""
+
+    items: np.ndarray
+    users: np.ndarray
+
+
+class Verifier:
+    """Runs the checks on a loaded bundle and the run it came from."""
+
+    def __init__(self, bundle: LoadedBundle, run: TrainedRun, clip: ClipHandle, sample: Sample, tolerance: float):
+        self.bundle = bundle
+        self.run = run
+        self.clip = clip
+        self.sample = sample
+        self.tolerance = tolerance
+        spec = bundle.manifest.tokenizer
+        self.tokenizer = TextTokenizer.from_file(bundle.path(spec.file), spec)
+        self.sessions: dict[str, InferenceSession] = {}
+        self.catalog = run.load_catalog()
+        by_id = self.catalog.items.set_index("item_id", drop=False)
+        self.rows = {int(item): by_id.loc[run.split.item_ids[item]].to_dict() for item in sample.items}
+        self.images = self._load_images()
+
+    def checks(self) -> list[Callable[[], Check]]:
+        return [self.provenance, self.tokenizer_ids, self.preprocessing, self.image_encoder,
+                self.text_encoder, self.item_tower, self.raw_content, self.top_lists]
+
+    def provenance(self) -> Check:
+        """The manifest, ids and vectors are the run's."""
+        manifest, run, spec = self.bundle.manifest, self.run, self.run.spec
+        with torch.no_grad():
+            users, items = (vectors.numpy() for vectors in model_vectors(run.model))
+        tau = spec.tau if spec.content_mode == "attention" else None
+        expected = {
+            "backbone": spec.name,
+            "fusion": Fusion(mode=spec.content_mode, tau=tau),
+            "dims": Dims(image=run.content.image_dim, text=run.content.text_dim, item=users.shape[1]),
+            "views": run.views,
+            "clip": run.features_meta["clip"],
+        }
+        wrong = [name for name, value in expected.items() if getattr(manifest, name) != value]
+        wrong += [name for name, same in (
+            ("user_ids", self.bundle.user_ids == run.split.user_ids),
+            ("item_ids", self.bundle.item_ids == run.split.item_ids),
+            ("user_vectors", np.array_equal(self.bundle.user_vectors, users)),
+            ("item_vectors", np.array_equal(self.bundle.item_vectors, items)),
+        ) if not same]
+        detail = f"{manifest.backbone}/{manifest.fusion.mode}, {len(users)} users, {len(items)} items, vectors equal"
+        return Check("provenance", not wrong, f"differs from the run: {wrong}" if wrong else detail)
+
+    def tokenizer_ids(self) -> Check:
+        prompts = [prompt for item in self.sample.items for prompt in self._chunks(item)]
+        prompts += ["", "  Café &amp; crème \u201cdéjà vu\u201d \U0001f600 ÅNGSTRÖM", "word " * 200]
+        ours = self.tokenizer.encode_batch(prompts).input_ids
+        differing = int((ours != self.clip.tokenize(prompts).numpy()).any(axis=1).sum())
+        detail = f"{len(prompts) - differing} of {len(prompts)} prompts give open_clip's ids"
+        return Check("tokenizer", differing == 0, detail)
+
+    def preprocessing(self) -> Check:
+        if not self.images:
+            return Check("preprocessing", True, "skipped: no sample item has a readable image")
+        config = PreprocessCfg(**open_clip.get_model_preprocess_cfg(self.clip.model))
+        transform = image_transform_v2(config, is_train=False)
+        diff = max(
+            float(np.abs(preprocess(image, self.clip.preprocess_config) - transform(image).numpy()).max())
+            for image in self.images.values()
+        )
+        detail = f"max |cliper - open_clip| {diff:.2e} over {len(self.images)} images (limit {PIXEL_TOLERANCE:.0e})"
+        return Check("preprocessing", diff <= PIXEL_TOLERANCE, detail)
+
+    def image_encoder(self) -> Check:
+        pixels = self._pixels()
+        expected = self.clip.encode_images(pixels)
+        return self._graph_check("image encoder", IMAGE_ENCODER, {"pixel_values": pixels}, expected)
+
+    def text_encoder(self) -> Check:
+        prompts = [prompt for item in self.sample.items for prompt in self._chunks(item)]
+        ids = self.tokenizer.encode_batch(prompts).input_ids
+        expected = self.clip.encode_tokens(torch.from_numpy(ids))
+        return self._graph_check("text encoder", TEXT_ENCODER, {"input_ids": ids}, expected)
+
+    def item_tower(self) -> Check:
+        """The sample items' features, plus random features around them (well separated, so a
+        kNN step has clear neighbours even when the catalog's features nearly coincide)."""
+        items = torch.from_numpy(self.sample.items)
+        content = self.run.content
+        generator = torch.Generator().manual_seed(0)
+        image = torch.cat([content.image[items], _like(content.image, len(items), generator)])
+        text_views = torch.cat([content.text_views[items], _like(content.text_views, len(items), generator)])
+        with torch.no_grad():
+            expected = self.run.model.content_item_vectors(image, text_views).numpy()
+        feeds = {"image_features": image.numpy(), "text_view_features": text_views.numpy()}
+        stable = self._stable_rows(image, text_views)
+        check = self._graph_check("item tower", ITEM_TOWER, feeds, expected, stable)
+        real = expected[: len(items)]
+        cold = np.isin(self.sample.items, self.run.split.cold_items) & stable[: len(items)]
+        stored = float(np.abs(self.bundle.item_vectors[self.sample.items[cold]] - real[cold]).max(initial=0.0))
+        detail = (
+            f"{check.detail} on {int(stable.sum())} inputs ({len(items)} items + {len(items)} random); "
+            f"cold rows of item_vectors.npy {stored:.2e}{self._unstable_note(stable[: len(items)])}"
+        )
+        return Check(check.name, check.passed and stored <= self.tolerance, detail)
+
+    def raw_content(self) -> Check:
+        """Images and text of the sample items through the bundle alone, as the service does."""
+        items = [item for item in self.sample.items if item in self.images]
+        if not items:
+            return Check("raw content", True, "skipped: no sample item has a readable image")
+        manifest = self.bundle.manifest
+        image = self._session(IMAGE_ENCODER).run(None, {"pixel_values": self._pixels(items)})[0]
+        text = self._session(TEXT_ENCODER)
+        views = []
+        for item in items:
+            per_view = []
+            for chunks in self._view_chunks(item):
+                ids = self.tokenizer.encode_batch(chunks).input_ids
+                features = text.run(None, {"input_ids": ids})[0]
+                pooled = features.sum(axis=0) if manifest.chunking.pooling == "sum" else features.mean(axis=0)
+                per_view.append(pooled)
+            views.append(per_view)
+        text_views = np.asarray(views, dtype=np.float32)
+        vectors = self._session(ITEM_TOWER).run(None, {"image_features": image, "text_view_features": text_views})[0]
+        rows = torch.from_numpy(np.asarray(items))
+        offline_image, offline_views = self.run.content.image[rows], self.run.content.text_views[rows]
+        with torch.no_grad():
+            offline = self.run.model.content_item_vectors(offline_image, offline_views).numpy()
+        stable = self._stable_rows(offline_image, offline_views)
+        diffs = {
+            "image": np.abs(image - offline_image.numpy()).max(),
+            "text views": np.abs(text_views - offline_views.numpy()).max(),
+            "item vector": np.abs(vectors - offline)[stable].max(initial=0.0),
+        }
+        passed = all(diff <= self.tolerance for diff in diffs.values())
+        listed = ", ".join(f"{name} {diff:.2e}" for name, diff in diffs.items())
+        detail = f"{len(items)} items vs the run's features and vectors: {listed}{self._unstable_note(stable)}"
+        return Check("raw content", passed, detail)
+
+    def top_lists(self) -> Check:
+        users = torch.from_numpy(self.sample.users)
+        with torch.no_grad():
+            scores = self.run.model.full_sort_predict(users).numpy()
+        k = min(TOP_K, scores.shape[1])
+        expected = -np.sort(-scores, axis=1)[:, :k]
+        vectors = self.bundle.user_vectors[self.sample.users]
+        _, found = self.bundle.index.search(np.ascontiguousarray(vectors), k)
+        exact = self.bundle.manifest.index.factory.strip() == "Flat"
+        if not exact:  # an approximate index is measured, the exact lists come from the vectors
+            brute = np.argsort(-(vectors @ self.bundle.item_vectors.T), axis=1, kind="stable")[:, :k]
+            overlap = np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(brute, found, strict=True)])
+            found = brute
+        # compare the model's scores of the bundle's lists, so tied items may swap places
+        got = np.take_along_axis(scores, found, axis=1)
+        diff = float(np.abs(got - expected).max())
+        same_order = int((found == np.argsort(-scores, axis=1, kind="stable")[:, :k]).all(axis=1).sum())
+        detail = f"{len(users)} users, max score gap {diff:.2e}, {same_order} lists in identical order"
+        if not exact:
+            detail += f"; index {self.bundle.manifest.index.factory} recall@{k} {overlap:.3f}"
+        return Check(f"top-{k}", diff <= self.tolerance, detail)
+
+    def _stable_rows(self, image: torch.Tensor, text_views: torch.Tensor) -> np.ndarray:
+        """Which rows have a content vector that float rounding cannot move.
+
+        A kNN step (FREEDOM's item graph) picks neighbours with a top-k; when a row's k-th and
+        next similarity are a rounding error apart, ONNX Runtime's rounding may pick the other
+        neighbour, and torch itself does in another batch. Such rows are not compared.
+        """
+        margins = TopkMargins()
+        with torch.no_grad(), margins:
+            self.run.model.content_item_vectors(image, text_views)
+        return (margins.per_row(len(image)) > TOPK_MARGIN).numpy()
+
+    @staticmethod
+    def _unstable_note(stable: np.ndarray) -> str:
+        left_out = int((~stable).sum())
+        return f" ({left_out} of {len(stable)} items not compared: near-tied kNN neighbours)" if left_out else ""
+
+    def _session(self, graph: str) -> InferenceSession:
+        if graph not in self.sessions:
+            self.sessions[graph] = cpu_session(self.bundle.path(graph))
+        return self.sessions[graph]
+
+    def _graph_check(
+        self,
+        name: str,
+        graph: str,
+        feeds: dict[str, np.ndarray],
+        expected: np.ndarray,
+        rows: np.ndarray | None = None,
+    ) -> Check:
+        """ONNX vs torch on `feeds`, compared on `rows` (default: all); fp16 reported."""
+        rows = np.ones(len(expected), dtype=bool) if rows is None else rows
+        if not rows.any():
+            reason = "every input has near-tied kNN neighbours: the content features nearly coincide (untrained CLIP?)"
+            return Check(name, False, reason)
+        expected = expected[rows]
+        diff = float(np.abs(self._session(graph).run(None, feeds)[0][rows] - expected).max())
+        detail = f"max |onnx - torch| {diff:.2e} (limit {self.tolerance:.0e})"
+        half = fp16_variant(graph)
+        if half in self.bundle.manifest.files:
+            half_out = self._session(half).run(None, feeds)[0][rows]
+            scale = float(np.abs(expected).max())
+            half_diff = float(np.abs(half_out - expected).max())
+            detail += f"; fp16 {half_diff:.2e} ({half_diff / scale:.1e} of max |x|)"
+            if not np.isfinite(half_out).all():
+                return Check(name, False, detail + ": the fp16 graph gives NaN or inf")
+        return Check(name, diff <= self.tolerance, detail)
+
+    def _load_images(self) -> dict[int, Image.Image]:
+        """The sample items' images by item row, loaded as the features stage loads them;
+        items whose image is bad (a placeholder offline) are left out."""
+        loader = ImageLoader()
+        images = {}
+        for item, row in self.rows.items():
+            bad = len(loader.bad_images)
+            image = loader.load(row["item_id"], self.catalog.image_file(row))
+            if len(loader.bad_images) == bad:
+                images[item] = image
+        return images
+
+    def _pixels(self, items: list[int] | None = None) -> np.ndarray:
+        """Preprocessed images of `items` (default: every readable one, else the placeholder)."""
+        chosen = [self.images[item] for item in (list(self.images) if items is None else items)]
+        chosen = chosen or [ImageLoader().placeholder()]
+        return np.stack([preprocess(image, self.clip.preprocess_config) for image in chosen])
+
+    def _view_chunks(self, item: int) -> list[list[str]]:
+        manifest = self.bundle.manifest
+        row, context = self.rows[item], manifest.tokenizer.context_length
+        return [
+            chunk_prompts(template, value, self.tokenizer.count_tokens, context, manifest.chunking.max_chunks)
+            for template, value in manifest.views.view_texts(row)
+        ]
+
+    def _chunks(self, item: int) -> list[str]:
+        return [chunk for chunks in self._view_chunks(item) for chunk in chunks]
+
+
+def verify_bundle(
+    bundle_dir: Path,
+    run_dir: Path | None = None,
+    items: int = 16,
+    users: int = 32,
+    tolerance: float = 1e-4,
+    seed: int = 0,
+) -> list[Check]:
+    """Run every check; stops after the file check when the bundle cannot be read."""
+    try:
+        bundle = read_bundle(bundle_dir, verify=True)
+    except BundleError as exc:
+        return [Check("files", False, str(exc))]
+    manifest = bundle.manifest
+    files = Check("files", True, f"{len(manifest.files)} files match their sha256; format {manifest.format_version}")
+    source = json.loads(bundle.path(SOURCE_FILE).read_text(encoding="utf-8")) if SOURCE_FILE in manifest.files else {}
+    run_dir = run_dir or (Path(source["run"]) if "run" in source else None)
+    if run_dir is None or not Path(run_dir).is_dir():
+        return [files, Check("run", False, f"the run folder {run_dir} is not there; pass --run RUN")]
+    try:
+        run = load_run(run_dir)
+        clip = run.load_clip(ClipSpec.model_validate(source["clip"]) if "clip" in source else None)
+    except (ConfigError, FileNotFoundError) as exc:
+        return [files, Check("run", False, f"cannot load the run {run_dir}: {exc}")]
+    verifier = Verifier(bundle, run, clip, _sample(run, items, users, seed), tolerance)
+    return [files, *(check() for check in verifier.checks())]
+
+
+def _like(features: torch.Tensor, rows: int, generator: torch.Generator) -> torch.Tensor:
+    """Random rows with the per-dimension mean and spread of `features` (N, ...)."""
+    noise = torch.randn((rows, *features.shape[1:]), generator=generator)
+    return features.mean(dim=0) + noise * features.std(dim=0).clamp(min=1e-3)
+
+
+def _sample(run: TrainedRun, items: int, users: int, seed: int) -> Sample:
+    """Half warm, half cold items (as many as there are), and random users."""
+    rng = np.random.default_rng(seed)
+    cold = run.split.cold_items
+    warm = np.setdiff1d(np.arange(run.split.n_items), cold)
+    n_cold = min(len(cold), items // 2)
+    chosen = np.concatenate([
+        rng.choice(cold, n_cold, replace=False),
+        rng.choice(warm, min(len(warm), items - n_cold), replace=False),
+    ])
+    chosen_users = rng.choice(run.split.n_users, min(users, run.split.n_users), replace=False)
+    return Sample(np.sort(chosen).astype(np.int64), np.sort(chosen_users))
+
+
+def report(checks: list[Check]) -> str:
+    """A markdown table of the checks."""
+    lines = ["| check | result | detail |", "| --- | --- | --- |"]
+    lines += [f"| {c.name} | {'ok' if c.passed else 'FAILED'} | {c.detail} |" for c in checks]
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""offline pipeline: every stage into one folder, a verified bundle, unchanged stages reused."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cliper.bundle import read_bundle
+from offline.cli import app
+from offline.pipeline import STATE_FILE, Pipeline, PipelineConfig, PipelineError, folder_fingerprint, run_pipeline
+
+STAGES = ["train-clip", "features", "train", "export", "verify"]
+
+
+def _config(world: Path, out: Path, **changes) -> PipelineConfig:
+    return PipelineConfig(data=world, out=out, clip_model="cliper-tiny", profile="fast", **changes)
+
+
+def _ran(results) -> list[str]:
+    return [result.name for result in results if not result.reused]
+
+
+@pytest.fixture(scope="module")
+def first_run(synth_world: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    out = tmp_path_factory.mktemp("pipeline")
+    return out, run_pipeline(_config(synth_world, out), echo=lambda line: None)
+
+
+def test_first_run_runs_every_stage_and_leaves_a_verified_bundle(first_run) -> None:
+    out, results = first_run
+    assert [result.name for result in results] == STAGES and _ran(results) == STAGES
+    assert read_bundle(out / "bundle").manifest.backbone == "freedom"
+    assert (out / "clip" / "clip.json").is_file() and (out / "features" / "items.json").is_file()
+    state = json.loads((out / STATE_FILE).read_text())
+    assert list(state) == STAGES and state["verify"]["detail"] == "(9 checks passed)"
+
+
+def test_unchanged_inputs_reuse_every_stage(first_run, synth_world: Path) -> None:
+    out, _ = first_run
+    version = read_bundle(out / "bundle").manifest.bundle_version
+    assert _ran(run_pipeline(_config(synth_world, out), echo=lambda line: None)) == []
+    assert read_bundle(out / "bundle").manifest.bundle_version == version
+
+
+def test_a_changed_setting_reruns_only_the_stages_after_it(first_run, synth_world: Path) -> None:
+    out, _ = first_run
+    results = run_pipeline(_config(synth_world, out, index_factory="HNSW32"), echo=lambda line: None)
+    assert _ran(results) == ["export", "verify"]
+    assert read_bundle(out / "bundle").manifest.index.factory == "HNSW32"
+
+
+def test_a_deleted_output_is_rebuilt(first_run, synth_world: Path) -> None:
+    out, _ = first_run
+    (out / "train" / "checkpoint.pt").unlink()
+    results = run_pipeline(_config(synth_world, out, index_factory="HNSW32"), echo=lambda line: None)
+    assert _ran(results) == ["train", "export", "verify"]
+
+
+def test_pretrained_weights_skip_train_clip(synth_world: Path, tmp_path: Path) -> None:
+    pipeline = Pipeline(_config(synth_world, tmp_path, clip_pretrained="openai"), echo=lambda line: None)
+    spec, _ = pipeline.train_clip()
+    assert spec.pretrained == "openai" and spec.checkpoint is None
+    assert pipeline.results[0].reused and "pretrained" in pipeline.results[0].detail
+    assert not (tmp_path / "clip").exists()
+
+
+def test_no_corpus_is_a_clear_error(synth_world: Path, tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="no caption corpus .* --clip-pretrained"):
+        Pipeline(_config(synth_world, tmp_path, corpus=tmp_path / "none"), echo=lambda line: None).train_clip()
+
+
+def test_command_reports_the_stages(first_run, synth_world: Path) -> None:
+    out, _ = first_run
+    args = ["pipeline", "--data", str(synth_world), "--out", str(out), "--clip-model", "cliper-tiny", "--fast",
+            "--index-factory", "HNSW32"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "| train | reused |" in result.output and f"verified bundle at {out / 'bundle'}" in result.output
+
+
+def test_folder_fingerprint_sees_changes_and_skips_the_output(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("one")
+    (tmp_path / "out").mkdir()
+    before = folder_fingerprint(tmp_path, skip=tmp_path / "out")
+    (tmp_path / "out" / "b.txt").write_text("written by the pipeline")
+    assert folder_fingerprint(tmp_path, skip=tmp_path / "out") == before
+    (tmp_path / "a.txt").write_text("two!")
+    assert folder_fingerprint(tmp_path, skip=tmp_path / "out") != before
