@@ -1,0 +1,172 @@
+"""The commands the containers run, run here.
+
+Each command is read out of the Dockerfile (ENTRYPOINT / CMD / ENV) and the compose file (command,
+environment, volumes, healthcheck) and combined as Docker does; only what a container has and this
+machine has not is substituted: a temporary folder for the container's /data (where the volumes
+mount), this interpreter's environment for /opt/venv (with the repository on PYTHONPATH, as the
+image pip-installs it), the repository file for a file the image COPYs in, 127.0.0.1 for the
+compose host name `redis`, and a free port for 8000 (which may be taken here). Containers made
+with the same root share their /data, as compose services share named volumes.
+"""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cliper.bundle import read_bundle
+
+REPO = Path(__file__).resolve().parents[2]
+Completed = subprocess.CompletedProcess[str]
+# A small synthetic shop and the pipeline's smoke profile: `docker compose run offline --fast`.
+SMALL_SHOP = {"SYNTH_ARGS": "--items 150 --users 80 --corpus-items 100"}
+
+
+def interpolate(value: str) -> str:
+    """Compose's `${VAR:-default}` interpolation from the environment of `docker compose up`."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: os.environ.get(m[1]) or m[2], value)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Container:
+    """What one compose service's container runs, mapped onto this machine."""
+
+    def __init__(self, image, service: dict, root: Path, port: int = 8000) -> None:
+        self.image, self.service, self.root, self.port = image, service, root, port
+        (root / "data").mkdir(exist_ok=True)
+        self.paths = {"/data": str(root / "data"), "/opt/venv": sys.prefix}
+        for copy in image.instructions("COPY"):
+            if not copy.flags:
+                self.paths[copy.value[-1]] = str(REPO / copy.value[0])
+
+    def local(self, value: str) -> str:
+        for container_path, local_path in self.paths.items():
+            value = re.sub(rf"{re.escape(container_path)}(?=/|:|$)", local_path, value)
+        return value.replace("redis://redis:", "redis://127.0.0.1:")
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPER_")}
+        env["PYTHONPATH"] = str(REPO)
+        for name, value in self.image.env.items():
+            env[name] = self.local(value).replace("$PATH", os.environ["PATH"])
+        for name, value in self.service.get("environment", {}).items():
+            env[name] = self.local(interpolate(str(value)))
+        if env.get("CLIPER_PORT") == "8000":
+            env["CLIPER_PORT"] = str(self.port)
+        return env
+
+    @property
+    def argv(self) -> list[str]:
+        """ENTRYPOINT + (compose `command` or CMD), Docker's rule for exec-form instructions."""
+        entrypoint = list(self.image.last("ENTRYPOINT").value) if self.image.instructions("ENTRYPOINT") else []
+        command = self.service.get("command") or (
+            list(self.image.last("CMD").value) if self.image.instructions("CMD") else []
+        )
+        return [self.local(arg) for arg in entrypoint + list(command)]
+
+    def volume(self, name: str) -> Path:
+        """Where the named volume `name` is mounted in this container, mapped here."""
+        target = next(v.split(":")[1] for v in self.service["volumes"] if v.split(":")[0] == name)
+        return Path(self.local(target))
+
+    def run(self, *args: str, timeout: float, extra_env: dict[str, str] | None = None) -> Completed:
+        """The container's command to completion; `args` as in `docker compose run SERVICE ARGS`."""
+        return subprocess.run(
+            self.argv + list(args), env=self.env | (extra_env or {}), cwd=self.root,
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+
+    def healthcheck(self, timeout: float) -> Completed:
+        test = self.service["healthcheck"]["test"]
+        assert test[0] == "CMD"
+        return subprocess.run(test[1:], env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def bundle_files(bundle: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(bundle.iterdir())}
+
+
+def wait_until_live(url: str, server: subprocess.Popen, timeout: float) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            return httpx.get(url, timeout=2)
+        except httpx.TransportError:
+            time.sleep(0.5)
+    raise AssertionError(f"nothing answered {url} in {timeout} s (exit code {server.poll()})")
+
+
+@pytest.fixture(scope="module")
+def built(offline_image, compose: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[Container, Completed]:
+    """The offline container's first run, on empty volumes: it builds the bundle (minutes)."""
+    offline = Container(offline_image, compose["services"]["offline"], tmp_path_factory.mktemp("compose"))
+    return offline, offline.run("--fast", timeout=1200, extra_env=SMALL_SHOP)
+
+
+def test_offline_entrypoint_leaves_an_existing_bundle_alone(offline_image, compose: dict, tmp_path: Path) -> None:
+    offline = Container(offline_image, compose["services"]["offline"], tmp_path)
+    bundle = offline.volume("bundle")
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text('{"format": "kept"}')
+    result = offline.run(timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "already" in result.stdout
+    assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json"]
+    assert (bundle / "manifest.json").read_text() == '{"format": "kept"}'
+    assert not Path(offline.env["WORK"]).exists()  # no catalog made, nothing trained
+
+
+def test_api_healthcheck_fails_while_nothing_answers(service_image, compose: dict, tmp_path: Path) -> None:
+    api = Container(service_image, compose["services"]["api"], tmp_path, port=free_port())
+    started = time.monotonic()
+    assert api.healthcheck(timeout=30).returncode != 0
+    assert time.monotonic() - started < 10  # well inside the compose `timeout`
+
+
+@pytest.mark.slow
+def test_offline_entrypoint_builds_a_verified_bundle_once(built) -> None:
+    offline, first = built
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    bundle = offline.volume("bundle")
+    assert len(read_bundle(bundle, verify=True).item_ids) > 0  # every file matches its sha256
+    before = bundle_files(bundle)
+    again = offline.run("--fast", timeout=120, extra_env=SMALL_SHOP)
+    assert again.returncode == 0 and "already" in again.stdout
+    assert bundle_files(bundle) == before
+
+
+@pytest.mark.slow
+def test_api_command_serves_the_bundle_the_offline_job_wrote(built, service_image, compose: dict) -> None:
+    """`python -m service` with the compose environment: live, then healthy; the bundle untouched."""
+    offline, first = built
+    assert first.returncode == 0, "the offline job failed, so compose would not start the API"
+    api = Container(service_image, compose["services"]["api"], offline.root, port=free_port())
+    bundle = api.volume("bundle")
+    assert bundle == offline.volume("bundle")  # one named volume, written by one, read by the other
+    before = bundle_files(bundle)
+    server = subprocess.Popen(api.argv, env=api.env, cwd=api.root, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        live = wait_until_live(f"http://127.0.0.1:{api.port}/health/live", server, timeout=120)
+        assert live.status_code == 200 and live.json()["status"] == "alive"
+        check = api.healthcheck(timeout=30)
+        assert check.returncode == 0, check.stderr
+        ready = httpx.get(f"http://127.0.0.1:{api.port}/health/ready", timeout=5).json()
+        assert ready["status"] == "ready" and ready["checks"]["cache"] == "redis ok"
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert bundle_files(bundle) == before, "the API wrote into its read-only bundle volume"
+    assert (Path(api.env["CLIPER_DATA_DIR"]) / "service.sqlite3").is_file(), output[-2000:]
