@@ -18,7 +18,8 @@ from cliper.bundle import IMAGE_ENCODER, ITEM_TOWER, TEXT_ENCODER, BundleError, 
 from cliper.images import decode_image, preprocess
 from service.errors import BadInput
 from service.metrics import Metrics
-from service.text import PromptTokenizer, item_prompts
+from cliper.tokenizer import TextTokenizer
+from service.text import item_prompts, text_feeds
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,12 @@ class ItemEncoder:
         self.manifest = manifest
         self.metrics = metrics
         self.max_image_pixels = max_image_pixels
-        self.tokenizer = PromptTokenizer(bundle.path(manifest.tokenizer.file), manifest.tokenizer)
+        self.tokenizer = TextTokenizer.from_file(bundle.path(manifest.tokenizer.file), manifest.tokenizer)
         chosen = choose_providers(providers)
         text_inputs = ["input_ids", "attention_mask"] if manifest.tokenizer.uses_attention_mask else ["input_ids"]
         self.image = OnnxModel(bundle.path(IMAGE_ENCODER), chosen, threads, ["pixel_values"])
         self.text = OnnxModel(bundle.path(TEXT_ENCODER), chosen, threads, text_inputs)
+        self._trim_padding = not isinstance(self.text.inputs["input_ids"][-1], int)
         self.tower = OnnxModel(bundle.path(ITEM_TOWER), chosen, threads, ["image_features", "text_view_features"])
         self.providers = self.image.session.get_providers()
         n_views = len(manifest.views.view_names)
@@ -132,7 +134,7 @@ class ItemEncoder:
         """(B, V, Dt): each view's chunk features pooled (sum or mean) as the offline job pools them."""
         chunks = [chunk for item in items for view in item.prompts for chunk in view]
         counts = np.array([len(view) for item in items for view in item.prompts])
-        features = self.text.run(self.tokenizer.encode(chunks)).astype(np.float32)
+        features = self.text.run(text_feeds(self.tokenizer, chunks, self._trim_padding)).astype(np.float32)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         pooled = np.add.reduceat(features, starts, axis=0)
         if self.manifest.chunking.pooling == "mean":
