@@ -50,7 +50,7 @@ class TrainClipConfig(StrictModel):
     """Settings of train-clip; defaults suit the cliper-minilm stand-in on ~2k pairs on a CPU."""
 
     clip: ClipSpec = ClipSpec()
-    epochs: int = Field(30, ge=0)
+    epochs: int = Field(15, ge=0)
     batch_size: int = Field(128, ge=2)
     lr: float | None = Field(None, gt=0)  # None: 1e-3 from random init, 1e-5 from pretrained weights
     weight_decay: float = Field(0.1, ge=0)
@@ -144,7 +144,10 @@ def text_encoder(handle: ClipHandle, tokens: torch.Tensor, lock: bool) -> Callab
 
 
 def _batched(encode: Callable[[torch.Tensor], np.ndarray], tokens: torch.Tensor, desc: str) -> np.ndarray:
-    """Encode token rows in batches of similar length (so padding trims well), in input order."""
+    """Encode token rows in batches of similar length (so padding trims well), in input order.
+
+    Length counts non-zero ids (0 pads CLIP's and BERT's tokenizers); any order is correct.
+    """
     order = np.argsort(-(tokens != 0).sum(dim=1).numpy(), kind="stable")
     out: list[np.ndarray] = []
     for start in tqdm(range(0, len(order), ENCODE_BATCH), desc=desc, unit="batch", leave=False):

@@ -38,6 +38,8 @@ def trained(corpus_world: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 def test_training_lowers_the_loss_and_lifts_retrieval(trained: tuple[Path, dict]) -> None:
     _, metrics = trained
     assert len(metrics["loss"]) == EPOCHS
+    assert [epoch["loss"] for epoch in metrics["history"]] == metrics["loss"]
+    assert metrics["history"][-1]["heldout_r5"] == metrics["retrieval"]["heldout"]["after"]["r5"]
     assert metrics["loss"][-1] < metrics["loss"][0] - 0.3
     train = metrics["retrieval"]["train"]["after"]
     assert train["r5"] > 2 * train["chance_r5"]
