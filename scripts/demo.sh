@@ -20,7 +20,7 @@ args=()
 if [ -z "${DATA:-}" ]; then
   DATA="$DEMO_DIR/catalog"
   if [ ! -f "$DATA/items.csv" ]; then
-    "$PY" -m offline synth --out "$DATA"
+    "$PY" -m offline synth --out "$DATA" --items "${DEMO_ITEMS:-1000}" --users "${DEMO_USERS:-600}" --corpus-items "${DEMO_CORPUS_ITEMS:-1000}"
   fi
 fi
 [ -n "${VIEWS:-}" ] && args+=(--views "$VIEWS")
