@@ -131,7 +131,7 @@ def raw_encoders(bundle_dir: Path, bodies: list[dict], batch_sizes: tuple[int, .
         feeds = []
         for batch in batches:
             chunks = [chunk for item in batch for view in item.prompts for chunk in view]
-            feeds.append((np.stack([item.pixels for item in batch]), encoder.tokenizer.encode(chunks)))
+            feeds.append((np.stack([item.pixels for item in batch]), encoder.text_feeds(chunks)))
         n_views = len(encoder.manifest.views.view_names)
 
         def run(pixels: np.ndarray, tokens: dict) -> None:

@@ -130,11 +130,15 @@ class ItemEncoder:
             )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
+    def text_feeds(self, prompts: list[str]) -> dict[str, np.ndarray]:
+        """The text encoder's inputs for a batch of prompts (padding trimmed where the graph allows)."""
+        return text_feeds(self.tokenizer, prompts, self._trim_padding)
+
     def _text_views(self, items: Sequence[PreparedItem]) -> np.ndarray:
         """(B, V, Dt): each view's chunk features pooled (sum or mean) as the offline job pools them."""
         chunks = [chunk for item in items for view in item.prompts for chunk in view]
         counts = np.array([len(view) for item in items for view in item.prompts])
-        features = self.text.run(text_feeds(self.tokenizer, chunks, self._trim_padding)).astype(np.float32)
+        features = self.text.run(self.text_feeds(chunks)).astype(np.float32)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         pooled = np.add.reduceat(features, starts, axis=0)
         if self.manifest.chunking.pooling == "mean":
