@@ -286,7 +286,7 @@ class MiniLMTextEncoder(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.bert = BertModel(BertConfig.from_pretrained(MINILM_DIR))
+        self.bert = BertModel(BertConfig.from_json_file(MINILM_DIR / "config.json"))  # the local file only
         self.proj = nn.Linear(self.bert.config.hidden_size, dim)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
