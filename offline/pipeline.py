@@ -63,6 +63,7 @@ class PipelineConfig(StrictModel):
     data: Path
     out: Path
     corpus: Path | None = None  # default: DATA/corpus
+    corpus_columns: dict[str, str] = {}  # view column -> corpus column, e.g. {genres: genre}
     views: str | None = None  # preset or YAML; default: the catalog's own
     clip_model: str = "cliper-minilm"
     clip_pretrained: str | None = None  # open_clip tag or weights file: skips train-clip
@@ -180,7 +181,12 @@ class Pipeline:
                 f"[train-clip] no caption corpus at {corpus}: pass --corpus DIR (a captions.csv or "
                 "catalog folder), or real CLIP weights with --clip-pretrained TAG|FILE"
             )
-        clip_cfg = TrainClipConfig(clip=base, epochs=self.profile.clip_epochs, batch_size=self.profile.clip_batch_size)
+        clip_cfg = TrainClipConfig(
+            clip=base,
+            epochs=self.profile.clip_epochs,
+            batch_size=self.profile.clip_batch_size,
+            columns=cfg.corpus_columns,
+        )
         key = fingerprint("train-clip", folder_fingerprint(corpus, self.out), self.views.model_dump(mode="json"),
                           clip_cfg.model_dump(mode="json"), _pretrained_part(cfg.clip_pretrained))
 

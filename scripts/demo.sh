@@ -4,6 +4,7 @@
 #   DATA=DIR             a catalog folder instead of the synthetic one (e.g. movielens100k_posters)
 #   VIEWS=PRESET|FILE    its views (products, movies, or a YAML file)
 #   CORPUS=DIR           caption corpus to train the stand-in CLIP on (default: DATA/corpus)
+#   CORPUS_COLUMNS="a=b" view columns the corpus names differently (e.g. genres=genre), space-separated
 #   CLIP_MODEL=NAME      open_clip architecture (e.g. ViT-B-32) and CLIP_PRETRAINED=TAG|FILE for real weights
 #   DEMO_DIR=DIR         where everything goes (default build/demo)
 #   SERVE=0              build and verify the bundle, but do not start the service
@@ -25,6 +26,7 @@ if [ -z "${DATA:-}" ]; then
 fi
 [ -n "${VIEWS:-}" ] && args+=(--views "$VIEWS")
 [ -n "${CORPUS:-}" ] && args+=(--corpus "$CORPUS")
+for pair in ${CORPUS_COLUMNS:-}; do args+=(--corpus-column "$pair"); done
 [ -n "${CLIP_MODEL:-}" ] && args+=(--clip-model "$CLIP_MODEL")
 [ -n "${CLIP_PRETRAINED:-}" ] && args+=(--clip-pretrained "$CLIP_PRETRAINED")
 

@@ -15,6 +15,10 @@ def command(
     corpus: Annotated[
         Path | None, typer.Option(help="caption corpus to train CLIP on [default: DATA/corpus]")
     ] = None,
+    corpus_column: Annotated[
+        list[str] | None,
+        typer.Option(help="VIEW_COLUMN=CORPUS_COLUMN when the corpus names a column differently (repeatable)"),
+    ] = None,
     views: Annotated[str | None, typer.Option(help="views preset (products, movies) or YAML file")] = None,
     clip_model: Annotated[str, typer.Option(help="shipped config or open_clip architecture")] = "cliper-minilm",
     clip_pretrained: Annotated[
@@ -27,6 +31,7 @@ def command(
     fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="also export fp16 graphs for GPU")] = True,
 ) -> None:
     """train-clip, features, train, export, verify; stages whose inputs did not change are reused."""
+    from offline.commands.train_clip import parse_columns
     from offline.pipeline import PipelineConfig, PipelineError, run_pipeline
 
     started = time.perf_counter()
@@ -34,6 +39,7 @@ def command(
         data=data,
         out=out,
         corpus=corpus,
+        corpus_columns=parse_columns(corpus_column or []),
         views=views,
         clip_model=clip_model,
         clip_pretrained=clip_pretrained,

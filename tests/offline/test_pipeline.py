@@ -1,8 +1,10 @@
 """offline pipeline: every stage into one folder, a verified bundle, unchanged stages reused."""
 
 import json
+import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -87,3 +89,15 @@ def test_folder_fingerprint_sees_changes_and_skips_the_output(tmp_path: Path) ->
     assert folder_fingerprint(tmp_path, skip=tmp_path / "out") == before
     (tmp_path / "a.txt").write_text("two!")
     assert folder_fingerprint(tmp_path, skip=tmp_path / "out") != before
+
+
+def test_corpus_columns_reach_train_clip(synth_world: Path, tmp_path: Path) -> None:
+    """A corpus that names a view's column differently trains once the mapping is given."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(synth_world / "corpus", corpus)
+    captions = pd.read_csv(corpus / "captions.csv", dtype=str, keep_default_na=False)
+    captions.rename(columns={"categories": "category"}).to_csv(corpus / "captions.csv", index=False)
+    pipeline = Pipeline(_config(synth_world, tmp_path / "out", corpus=corpus, corpus_columns={"categories": "category"}),
+                        echo=lambda line: None)
+    spec, _ = pipeline.train_clip()
+    assert spec.checkpoint is not None and not pipeline.results[0].reused
