@@ -95,6 +95,13 @@ class Recommender(nn.Module, ABC):
         self.hparams = hparams
         self.register_buffer("cold_items", torch.from_numpy(graph.cold_items), persistent=False)
 
+    def add_id_embeddings(self, size: int) -> None:
+        """`user_embedding` and `item_embedding` of `size`, Xavier-initialised (users first)."""
+        self.user_embedding = nn.Embedding(self.n_users, size)
+        self.item_embedding = nn.Embedding(self.n_items, size)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+
     @abstractmethod
     def calculate_loss(self, users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
         """The training loss of a batch of (user, positive item, sampled negative item)."""

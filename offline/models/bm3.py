@@ -44,10 +44,7 @@ class BM3(ContentRecommender):
     ):
         super().__init__(graph, hparams, content, content_mode, tau)
         size = hparams.embedding_size
-        self.user_embedding = nn.Embedding(graph.n_users, size)
-        self.item_embedding = nn.Embedding(graph.n_items, size)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.add_id_embeddings(size)
         self.predictor = nn.Linear(size, size)
         nn.init.xavier_normal_(self.predictor.weight)
         self.projections = nn.ModuleList(nn.Linear(dim, size) for dim in self.encoder.modality_dims)

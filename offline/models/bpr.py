@@ -1,6 +1,6 @@
 """BPR-MF (Rendle et al. 2009): user and item ID embeddings scored by inner product. ID only."""
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from offline.models.base import InteractionGraph, Recommender, bpr_loss, l2_penalty
 from offline.models.hparams import HParams
@@ -11,10 +11,7 @@ class BPR(Recommender):
 
     def __init__(self, graph: InteractionGraph, hparams: HParams):
         super().__init__(graph, hparams)
-        self.user_embedding = nn.Embedding(graph.n_users, hparams.embedding_size)
-        self.item_embedding = nn.Embedding(graph.n_items, hparams.embedding_size)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.add_id_embeddings(hparams.embedding_size)
 
     def calculate_loss(self, users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
         u = self.user_embedding(users)

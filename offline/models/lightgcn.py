@@ -3,7 +3,7 @@ user-item graph of the training interactions. ID only."""
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from offline.models.base import InteractionGraph, Recommender, bpr_loss, l2_penalty
 from offline.models.graph import normalized_adjacency, propagate
@@ -20,10 +20,7 @@ class LightGCN(Recommender):
 
     def __init__(self, graph: InteractionGraph, hparams: LightGCNParams):
         super().__init__(graph, hparams)
-        self.user_embedding = nn.Embedding(graph.n_users, hparams.embedding_size)
-        self.item_embedding = nn.Embedding(graph.n_items, hparams.embedding_size)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.add_id_embeddings(hparams.embedding_size)
         edges = torch.from_numpy(graph.edges)
         adjacency = normalized_adjacency(edges[:, 0], edges[:, 1], graph.n_users, graph.n_items)
         self.register_buffer("adjacency", adjacency, persistent=False)
