@@ -1,12 +1,14 @@
 """App factory and lifespan: nothing happens at import; start-up builds every part onto app.state.
 
 Start-up order: read and verify the bundle, load and warm up the ONNX encoders, open the
-store and replay it onto the index and the users, connect the cache. The app is ready (see
-/health/ready) once all of that is done and the cache answers.
+store, re-encode items stored by an older model, apply the store's logs to the index and the
+users, connect the cache. The app is ready (see /health/ready) once all of that is done and the
+cache answers. Each worker process (`--workers N`) runs all of this for itself.
 """
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,9 +26,12 @@ from service.index import ItemIndex
 from service.ingest import ItemService
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware
-from service.recommend import Popularity, Recommender, UserState
+from service.follower import StoreFollower
+from service.popularity import Popularity
+from service.recommend import Recommender
 from service.state import Services
 from service.store import Store
+from service.users import UserState
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +48,18 @@ def build_services(settings: Settings, cache: UserVectorCache, metrics: Metrics)
     index = ItemIndex(bundle.index, bundle.item_ids, bundle.item_vectors, settings.search_threads)
     index.search(bundle.item_vectors[:1], 10)  # warm-up
     store = Store(settings.resolved_data_dir)
-    item_service = ItemService(encoder, index, store, metrics, version, settings.max_batch_size,
-                               settings.max_batch_wait_ms / 1000)
-    item_service.replay()
     users = UserState(bundle)
-    recommender = Recommender(users, index, Popularity(bundle, index), cache, store, metrics, version)
-    recommender.replay(store.interactions())
+    popularity = Popularity(bundle, index)
+    follower = StoreFollower(store, index, users, popularity, metrics, version)
+    item_service = ItemService(encoder, index, store, follower, metrics, version, bundle.item_ids,
+                               settings.max_batch_size, settings.max_batch_wait_ms / 1000)
+    item_service.reencode_stale()
+    follower.catch_up()
+    log.info("applied the store's logs; index holds %d items", index.size)
+    # a search thread pays off only where it can overlap the event loop: a GPU or a spare core
+    offload_search = index.on_gpu or settings.workers < (os.cpu_count() or 1)
+    recommender = Recommender(users, index, popularity, cache, store, follower, metrics, version,
+                              offload_search)
     log.info("started in %.1fs (providers %s, cache %s)", time.perf_counter() - started,
              encoder.providers, cache.kind)
     return Services(settings, metrics, bundle, encoder, item_service, recommender, cache, store)

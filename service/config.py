@@ -41,6 +41,9 @@ class Settings(BaseSettings):
         [], description="URL prefixes image_url may point to (comma-separated); empty = no URL fetching"
     )
     image_url_timeout_s: float = Field(5.0, gt=0, description="timeout for fetching an image_url")
+    workers: int = Field(
+        1, ge=1, description="worker processes (uvicorn); they share the data dir and stay in step through it"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

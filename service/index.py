@@ -36,6 +36,7 @@ class ItemIndex:
         self._lock = threading.Lock()
         self._threads = threads
         self._index = place_index(index)
+        self.on_gpu = faiss.get_num_gpus() > 0
         self._ids: list[str] = list(item_ids)
         self._rows: dict[str, int] = {item_id: row for row, item_id in enumerate(self._ids)}
         self._vectors = np.array(vectors, dtype=np.float32, copy=True)

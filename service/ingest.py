@@ -1,13 +1,14 @@
-"""Item ingestion, look-up and withdrawal, and the start-up replay of what clients changed.
+"""Item ingestion, look-up and withdrawal, and the start-up re-encoding of items from older models.
 
 An ingested item is decoded and prepared in a worker thread (bad input fails here, before any
 batching), encoded in a micro-batch with concurrent requests, persisted, and only then added
-to the index: when the client gets its 201 the item is durable and a recommendation candidate.
+to the index (by the store follower): when the client gets its 201 the item is durable and a
+recommendation candidate in every worker process.
 """
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from service.batcher import MicroBatcher
 from service.encoders import ItemEncoder, PreparedItem
 from service.errors import Conflict, NotFound
+from service.follower import StoreFollower
 from service.index import ItemIndex
 from service.metrics import Metrics
 from service.store import Store, StoredItem
@@ -48,36 +50,38 @@ class ItemService:
         encoder: ItemEncoder,
         index: ItemIndex,
         store: Store,
+        follower: StoreFollower,
         metrics: Metrics,
         bundle_version: str,
+        bundle_item_ids: Sequence[str],
         max_batch_size: int,
         max_batch_wait_s: float,
     ) -> None:
         self.encoder = encoder
         self.index = index
         self.store = store
+        self.follower = follower
+        self._bundle_ids = frozenset(bundle_item_ids)
         self.metrics = metrics
         self.bundle_version = bundle_version
         self.batcher: MicroBatcher[PreparedItem, np.ndarray] = MicroBatcher(
             self.encoder.encode, max_batch_size, max_batch_wait_s
         )
-        self._write_lock = asyncio.Lock()
 
     async def ingest(self, item_id: str, fields: Mapping[str, str], image: bytes, replace: bool) -> Ingested:
         """Encode, persist and index one item; `Conflict` when it exists and `replace` is off."""
-        self._check_absent(item_id, replace)
+        self.follower.catch_up()
+        self._check_absent(item_id, replace)  # early, to spare the encoders; the store decides
         prepared = await asyncio.to_thread(self._prepare, fields, image)
         vector = await self.batcher.submit(prepared)
-        async with self._write_lock:
-            self._check_absent(item_id, replace)
-            stored = StoredItem(item_id, dict(fields), vector, self.bundle_version, datetime.now(UTC), image)
-            with self.metrics.timed("store"):
-                await asyncio.to_thread(self.store.put_item, stored)
-            _, replaced = self.index.put(item_id, vector)
-            self.metrics.index_size.set(self.index.size)
+        stored = StoredItem(item_id, dict(fields), vector, self.bundle_version, datetime.now(UTC), image)
+        with self.metrics.timed("store"):
+            replaced = await asyncio.to_thread(self.store.put_item, stored, item_id in self._bundle_ids, replace)
+        self.follower.catch_up()
         return Ingested(item_id, self.index.size, replaced)
 
     async def get(self, item_id: str) -> ItemInfo:
+        self.follower.catch_up()
         row = self.index.row_of(item_id)
         if row is None:
             raise NotFound(f"item {item_id!r} is not in the catalog")
@@ -89,37 +93,24 @@ class ItemService:
 
     async def delete(self, item_id: str) -> int:
         """Withdraw an item: it is no longer recommended; returns the index size."""
-        async with self._write_lock:
-            if self.index.row_of(item_id) is None:
-                raise NotFound(f"item {item_id!r} is not in the catalog (never ingested or already deleted)")
-            with self.metrics.timed("store"):
-                await asyncio.to_thread(self.store.delete_item, item_id)
-            self.index.remove(item_id)
-            self.metrics.index_size.set(self.index.size)
+        with self.metrics.timed("store"):
+            await asyncio.to_thread(self.store.delete_item, item_id, item_id in self._bundle_ids)
+        self.follower.catch_up()
         return self.index.size
 
-    def replay(self) -> None:
-        """Apply persisted deletions and ingested items to the bundle's index (at start-up).
-
-        Items stored under another bundle version are re-encoded from their stored image and
-        fields (their old vectors belong to another model) and stored again.
-        """
-        for item_id in self.store.deleted_ids():
-            self.index.remove(item_id)
-        items = self.store.items()
-        stale = [item for item in items if item.bundle_version != self.bundle_version]
-        if stale:
-            log.info("re-encoding %d items stored under other bundle versions", len(stale))
-        for item in tqdm(stale, desc="re-encode items", unit="item", disable=not stale):
-            item.image = self.store.image(item.item_id)
-            item.vector = self.encoder.encode([self._prepare(item.fields, item.image)])[0]
-            item.bundle_version = self.bundle_version
-            self.store.put_item(item)
-        for item in items:
-            self.index.put(item.item_id, item.vector)
-        self.metrics.index_size.set(self.index.size)
-        log.info("replayed %d ingested and %d deleted items; index holds %d items",
-                 len(items), len(self.store.deleted_ids()), self.index.size)
+    def reencode_stale(self) -> None:
+        """Re-encode items stored under another bundle version (their vectors belong to another
+        model) from their stored image and fields, and store them again (at start-up; one worker
+        process does it while the others wait)."""
+        with self.store.exclusive("reencode"):
+            stale = [item for item in self.store.items() if item.bundle_version != self.bundle_version]
+            if stale:
+                log.info("re-encoding %d items stored under other bundle versions", len(stale))
+            for item in tqdm(stale, desc="re-encode items", unit="item", disable=not stale):
+                item.image = self.store.image(item.item_id)
+                item.vector = self.encoder.encode([self._prepare(item.fields, item.image)])[0]
+                item.bundle_version = self.bundle_version
+                self.store.put_item(item, in_bundle=item.item_id in self._bundle_ids, replace=True)
 
     def _prepare(self, fields: Mapping[str, str], image: bytes) -> PreparedItem:
         return self.encoder.prepare(fields, self.encoder.decode(image))

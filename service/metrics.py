@@ -1,10 +1,17 @@
-"""Prometheus metrics of one app instance (own registry, so tests can run several apps)."""
+"""Prometheus metrics of one app instance (own registry, so tests can run several apps).
 
+With several worker processes (`PROMETHEUS_MULTIPROC_DIR` set, as `python -m service --workers N`
+does), every process writes its values to files there and `exposition_registry` adds them up,
+so a scrape of any worker sees the whole service.
+"""
+
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # decode: image bytes -> pixels; prepare: preprocessing, prompts, chunking; encode: image and text
 # encoders; tower: item tower; search: FAISS; cache: user-vector cache calls; store: SQLite writes.
@@ -30,7 +37,8 @@ class Metrics:
             "cliper_encode_batch_size", "Items per encoder micro-batch",
             buckets=_BATCH_BUCKETS, registry=self.registry,
         )
-        self.index_size = Gauge("cliper_index_items", "Items in the search index", registry=self.registry)
+        self.index_size = Gauge("cliper_index_items", "Items in the search index", registry=self.registry,
+                                multiprocess_mode="mostrecent")
         self.recommendations = Counter(
             "cliper_recommendations", "Recommendation requests", ["source"], registry=self.registry
         )
@@ -38,6 +46,14 @@ class Metrics:
             self.stage_seconds.labels(stage)
         for result in ("hit", "miss"):
             self.cache_requests.labels(result)
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """What GET /metrics reports: this registry, or every worker process's values."""
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            return self.registry
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return registry
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:

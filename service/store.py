@@ -2,21 +2,29 @@
 
 SQLite in the data dir, WAL journal with `synchronous=FULL`: a write returns only once it is
 on disk, and the API answers only after the write returns, so an acknowledged change survives
-a crash. At start-up the service replays it onto the bundle. Item images are kept so items can
-be re-encoded when a new bundle (another model) is deployed over the same data dir.
+a crash. Every item write also appends to the `item_changes` log and every interaction has a
+sequence number: each worker process applies both logs, in order, to its own copy of the
+index and the users (`service.follower`), at start-up and whenever another process wrote.
+Conflicts (an existing id, a missing id) are decided inside the write transaction, so two
+processes cannot both create one item. Item images are kept so items can be re-encoded when a
+new bundle (another model) is deployed over the same data dir.
 """
 
+import fcntl
 import json
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+from service.errors import Conflict, NotFound
+
+SCHEMA_VERSION = 2
 _ITEM_COLUMNS = "item_id, fields, vector, bundle_version, created_at"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -27,6 +35,16 @@ CREATE TABLE IF NOT EXISTS deleted_items (item_id TEXT PRIMARY KEY, deleted_at T
 CREATE TABLE IF NOT EXISTS interactions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, item_id TEXT NOT NULL,
     vector BLOB NOT NULL, bundle_version TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS item_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, item_id TEXT NOT NULL, vector BLOB, bundle_version TEXT,
+    created_at TEXT NOT NULL)
+"""
+# schema 1 had no item_changes log: it is rebuilt from the live tables (deletions, then items)
+_MIGRATE_FROM_1 = """
+INSERT INTO item_changes (item_id, vector, bundle_version, created_at)
+    SELECT item_id, NULL, NULL, deleted_at FROM deleted_items;
+INSERT INTO item_changes (item_id, vector, bundle_version, created_at)
+    SELECT item_id, vector, bundle_version, created_at FROM items ORDER BY rowid
 """
 
 
@@ -52,51 +70,79 @@ class StoredInteraction:
     bundle_version: str
 
 
+@dataclass
+class ItemChange:
+    """One entry of the item log: an item put (with its vector) or withdrawn (`vector` None)."""
+
+    seq: int
+    item_id: str
+    vector: np.ndarray | None
+    bundle_version: str | None
+
+
 class Store:
-    """The SQLite file `DATA_DIR/service.sqlite3`; safe to call from several threads."""
+    """The SQLite file `DATA_DIR/service.sqlite3`, shared by every worker process.
+
+    Writes and look-ups go through one connection, safe from several threads. The logs are
+    read through a second connection by one thread at a time (the follower): SQLite's
+    `data_version` on it tells cheaply whether any connection has committed since it last looked.
+    """
 
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / "service.sqlite3"
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = _connect(self.path)
         with self._lock, self._db:
-            self._db.execute("BEGIN")
-            for statement in _statements():
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            found = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            for statement in _statements(_SCHEMA):
                 self._db.execute(statement)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        version = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        if int(version) != SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path}: schema version {version}, this service uses {SCHEMA_VERSION}")
+            if found is not None and int(found[0]) == 1:
+                for statement in _statements(_MIGRATE_FROM_1):
+                    self._db.execute(statement)
+            elif found is not None and int(found[0]) != SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path}: schema version {found[0]}, this service uses {SCHEMA_VERSION}")
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._log_reader = _connect(self.path)
+        self._seen_data_version: int | None = None
 
-    def put_item(self, item: StoredItem) -> None:
-        """Insert or replace an item (its image is required); it is no longer withdrawn."""
+    def put_item(self, item: StoredItem, in_bundle: bool, replace: bool) -> bool:
+        """Insert or replace an item (its image is required) and log it; returns whether it
+        replaced a live item. `Conflict` when the item is live and `replace` is off;
+        `in_bundle`: whether the id is one of the bundle's items (live unless withdrawn)."""
         if item.image is None:
             raise ValueError(f"item {item.item_id!r}: the image must be stored with the item")
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM items WHERE item_id = ?", (item.item_id,))
-            self._db.execute(
+        with self._write() as db:
+            live = self._is_live(db, item.item_id, in_bundle)
+            if live and not replace:
+                raise Conflict(f"item {item.item_id!r} already exists; send replace=true to replace it")
+            db.execute("DELETE FROM items WHERE item_id = ?", (item.item_id,))
+            db.execute(
                 "INSERT INTO items (item_id, fields, image, vector, bundle_version, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (item.item_id, json.dumps(item.fields), item.image, _blob(item.vector),
                  item.bundle_version, item.created_at.isoformat()),
             )
-            self._db.execute("DELETE FROM deleted_items WHERE item_id = ?", (item.item_id,))
+            db.execute("DELETE FROM deleted_items WHERE item_id = ?", (item.item_id,))
+            db.execute("INSERT INTO item_changes (item_id, vector, bundle_version, created_at) VALUES (?, ?, ?, ?)",
+                       (item.item_id, _blob(item.vector), item.bundle_version, _now()))
+        return live
 
-    def delete_item(self, item_id: str) -> None:
-        """Withdraw an item (ingested or from the bundle)."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM items WHERE item_id = ?", (item_id,))
-            self._db.execute("INSERT OR REPLACE INTO deleted_items VALUES (?, ?)", (item_id, _now()))
+    def delete_item(self, item_id: str, in_bundle: bool) -> None:
+        """Withdraw a live item (ingested or from the bundle) and log it; `NotFound` otherwise."""
+        with self._write() as db:
+            if not self._is_live(db, item_id, in_bundle):
+                raise NotFound(f"item {item_id!r} is not in the catalog (never ingested or already deleted)")
+            db.execute("DELETE FROM items WHERE item_id = ?", (item_id,))
+            db.execute("INSERT OR REPLACE INTO deleted_items VALUES (?, ?)", (item_id, _now()))
+            db.execute("INSERT INTO item_changes (item_id, vector, bundle_version, created_at) "
+                       "VALUES (?, NULL, NULL, ?)", (item_id, _now()))
 
     def add_interactions(self, rows: list[StoredInteraction]) -> None:
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            self._db.executemany(
+        with self._write() as db:
+            db.executemany(
                 "INSERT INTO interactions (user_id, item_id, vector, bundle_version, created_at) "
                 "VALUES (?, ?, ?, ?, ?)",
                 [(r.user_id, r.item_id, _blob(r.vector), r.bundle_version, _now()) for r in rows],
@@ -116,24 +162,65 @@ class Store:
         with self._lock:
             return [_item(row) for row in self._db.execute(f"SELECT {_ITEM_COLUMNS} FROM items ORDER BY rowid")]
 
-    def deleted_ids(self) -> list[str]:
-        with self._lock:
-            return [row[0] for row in self._db.execute("SELECT item_id FROM deleted_items")]
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """A lock file in the data dir, held across processes for the `with` body."""
+        with (self.path.parent / f".{name}.lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
 
-    def interactions(self) -> Iterator[StoredInteraction]:
-        """Every interaction, oldest first (streamed; for the start-up replay)."""
-        with self._lock:
-            cursor = self._db.execute("SELECT user_id, item_id, vector, bundle_version FROM interactions ORDER BY seq")
-            for user_id, item_id, vector, version in cursor:
-                yield StoredInteraction(user_id, item_id, np.frombuffer(vector, dtype=np.float32), version)
+    def changed(self) -> bool:
+        """Whether any connection committed since the last call (True the first time)."""
+        version = self._log_reader.execute("PRAGMA data_version").fetchone()[0]
+        changed, self._seen_data_version = version != self._seen_data_version, version
+        return changed
+
+    def item_changes(self, after: int) -> list[ItemChange]:
+        """The item log after sequence number `after`, in order."""
+        rows = self._log_reader.execute(
+            "SELECT seq, item_id, vector, bundle_version FROM item_changes WHERE seq > ? ORDER BY seq", (after,)
+        )
+        return [ItemChange(seq, item_id, None if vector is None else np.frombuffer(vector, dtype=np.float32), version)
+                for seq, item_id, vector, version in rows]
+
+    def interactions(self, after: int = 0) -> list[tuple[int, StoredInteraction]]:
+        """Interactions after sequence number `after`, oldest first, with their sequence numbers."""
+        rows = self._log_reader.execute(
+            "SELECT seq, user_id, item_id, vector, bundle_version FROM interactions WHERE seq > ? ORDER BY seq",
+            (after,),
+        )
+        return [(seq, StoredInteraction(user_id, item_id, np.frombuffer(vector, dtype=np.float32), version))
+                for seq, user_id, item_id, vector, version in rows]
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._log_reader.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; BEGIN IMMEDIATE takes SQLite's write lock first, so checks
+        made inside it cannot be raced by another process."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield self._db
+
+    @staticmethod
+    def _is_live(db: sqlite3.Connection, item_id: str, in_bundle: bool) -> bool:
+        if db.execute("SELECT 1 FROM items WHERE item_id = ?", (item_id,)).fetchone() is not None:
+            return True
+        return in_bundle and db.execute("SELECT 1 FROM deleted_items WHERE item_id = ?", (item_id,)).fetchone() is None
 
 
-def _statements() -> list[str]:
-    return [statement.strip() for statement in _SCHEMA.split(";") if statement.strip()]
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
+def _statements(script: str) -> list[str]:
+    return [statement.strip() for statement in script.split(";") if statement.strip()]
 
 
 def _blob(vector: np.ndarray) -> bytes:

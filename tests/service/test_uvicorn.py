@@ -17,16 +17,18 @@ from service.config import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_python_m_service_serves_http(factory: FactoryBundle, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_python_m_service_serves_http(factory: FactoryBundle, tmp_path: Path, workers: int) -> None:
     port = free_port()
     env = {**os.environ, "CLIPER_API_KEY": "k", "CLIPER_DATA_DIR": str(tmp_path / "data")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--bundle", str(factory.path), "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "service", "--bundle", str(factory.path), "--port", str(port), "--log-level", "warning",
+         "--workers", str(workers)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             try:
                 if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
@@ -34,13 +36,16 @@ def test_python_m_service_serves_http(factory: FactoryBundle, tmp_path: Path) ->
             except httpx.TransportError:
                 pass
             assert process.poll() is None, process.stdout.read().decode()
-            assert time.monotonic() < deadline, "the service did not become ready in 30 s"
+            assert time.monotonic() < deadline, "the service did not become ready in 60 s"
             time.sleep(0.1)
         created = httpx.post(f"{base}/items", json=item_body(prototype_item(0, "http-item")),
                              headers={"X-API-Key": "k"})
         assert created.status_code == 201, created.text
-        recs = httpx.get(f"{base}/users/user-000/recommendations", params={"k": 3}).json()
-        assert recs["items"][0]["item_id"] == "http-item"  # user-000 likes cluster 0; this is its prototype
+        for _ in range(8):  # a new connection each time, so both workers answer (when there are two)
+            recs = httpx.get(f"{base}/users/user-000/recommendations", params={"k": 3}).json()
+            assert recs["items"][0]["item_id"] == "http-item"  # user-000 likes cluster 0; its prototype
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'cliper_recommendations_total{source="model"} 8.0' in metrics  # summed over the workers
         assert httpx.post(f"{base}/items", json=item_body(prototype_item(1, "x"))).status_code == 401
     finally:
         process.terminate()

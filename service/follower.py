@@ -1,0 +1,68 @@
+"""Keeps one process's live state in step with the store's logs.
+
+The store (SQLite in the data dir) is the source of truth; the index, the users' fold-in sums
+and the popularity counts of a process are a projection of its two logs, item changes and
+interactions. `catch_up` applies whatever was appended since it last looked, in log order, so
+every worker process serving the same data dir ends in the same state, and a change written by
+one worker is seen by the next request to any worker (the check costs one `PRAGMA`).
+
+Writers append to the store first and then call `catch_up`, which applies their own change like
+anyone else's. `catch_up` must run on one thread (the event loop's, after start-up).
+"""
+
+import logging
+
+from service.index import ItemIndex
+from service.metrics import Metrics
+from service.popularity import Popularity
+from service.store import ItemChange, Store, StoredInteraction
+from service.users import UserState
+
+log = logging.getLogger(__name__)
+
+
+class StoreFollower:
+    """Applies the item and interaction logs after its two cursors."""
+
+    def __init__(self, store: Store, index: ItemIndex, users: UserState, popularity: Popularity,
+                 metrics: Metrics, bundle_version: str) -> None:
+        self.store = store
+        self.index = index
+        self.users = users
+        self.popularity = popularity
+        self.metrics = metrics
+        self.bundle_version = bundle_version
+        self._item_seq = 0
+        self._interaction_seq = 0
+
+    def catch_up(self) -> None:
+        if not self.store.changed():
+            return
+        for change in self.store.item_changes(after=self._item_seq):
+            self._apply_item(change)
+            self._item_seq = change.seq
+        for seq, interaction in self.store.interactions(after=self._interaction_seq):
+            self._apply_interaction(interaction)
+            self._interaction_seq = seq
+        self.metrics.index_size.set(self.index.size)
+
+    def _apply_item(self, change: ItemChange) -> None:
+        if change.vector is None:
+            self.index.remove(change.item_id)
+        elif change.bundle_version == self.bundle_version:
+            self.index.put(change.item_id, change.vector)
+        # else: written under another model; the start-up re-encoding logged a current version later
+
+    def _apply_interaction(self, interaction: StoredInteraction) -> None:
+        """Fold the interaction in. One stored under another bundle version uses the item's
+        current vector (the old one lives in another model's space) or, for an item gone since,
+        is only kept as seen."""
+        vector = interaction.vector
+        if interaction.bundle_version != self.bundle_version:
+            row = self.index.row_of(interaction.item_id)
+            if row is None:
+                self.users.record(interaction.user_id, [interaction.item_id], None)
+                return
+            vector = self.index.vectors([row])[0]
+        self.users.record(interaction.user_id, [interaction.item_id], vector[None, :])
+        self.popularity.add([interaction.item_id])

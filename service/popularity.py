@@ -1,0 +1,52 @@
+"""Item popularity: bundle interaction counts plus interactions since, over live items."""
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from cliper.bundle import LoadedBundle
+from service.index import ItemIndex
+
+MAX_K = 1000
+
+
+class Popularity:
+    """Bundle interaction counts plus interactions since, ranked over live items (cached)."""
+
+    def __init__(self, bundle: LoadedBundle, index: ItemIndex) -> None:
+        self._index = index
+        self._base = bundle.popularity.astype(np.float64)
+        self._bundle_rows = {item_id: row for row, item_id in enumerate(bundle.item_ids)}
+        self._extra: Counter[str] = Counter()
+        self._changes = 0
+        self._ranking: list[tuple[str, float]] = []
+        self._ranked_at: tuple[int, int] | None = None
+
+    def add(self, item_ids: Sequence[str]) -> None:
+        self._extra.update(item_ids)
+        self._changes += 1
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        """The k most popular live items; re-ranked only after items or interactions changed."""
+        state = (self._index.version, self._changes)
+        if state != self._ranked_at:
+            self._ranking = self._rank()
+            self._ranked_at = state
+        return self._ranking[:k]
+
+    def _rank(self) -> list[tuple[str, float]]:
+        live = self._index.live_mask()
+        scores = np.zeros(len(live))
+        scores[: len(self._base)] = self._base
+        for row in np.flatnonzero(live[len(self._base) :]) + len(self._base):
+            bundle_row = self._bundle_rows.get(self._index.item_id(row))
+            if bundle_row is not None:  # a replaced catalog item keeps its popularity
+                scores[row] = self._base[bundle_row]
+        for item_id, count in self._extra.items():
+            row = self._index.row_of(item_id)
+            if row is not None:
+                scores[row] += count
+        rows = np.flatnonzero(live)
+        order = rows[np.lexsort((rows, -scores[rows]))][:MAX_K]
+        return [(self._index.item_id(row), float(scores[row])) for row in order]

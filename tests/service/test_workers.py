@@ -1,0 +1,95 @@
+"""Several worker processes over one data dir stay in step through the store's logs.
+
+Two apps in one test process over the same data dir behave like two workers: each has its own
+index and users, and sees the other's writes on its next request.
+"""
+
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bundle_factory import FactoryBundle, prototype_item
+from service_testing import item_body
+
+from service.errors import Conflict
+from service.store import Store, StoredItem
+
+
+def top_ids(client, user: str, k: int = 5) -> list[str]:
+    return [entry["item_id"] for entry in client.get(f"/users/{user}/recommendations", params={"k": k}).json()["items"]]
+
+
+def test_a_write_to_one_worker_is_seen_by_the_other(make_client, factory: FactoryBundle) -> None:
+    bundle_item = factory.items[0].item_id
+    with make_client() as first, make_client() as second:
+        assert "shared-mug" not in top_ids(second, "user-000")
+        assert first.post("/items", json=item_body(prototype_item(0, "shared-mug"))).status_code == 201
+        assert top_ids(second, "user-000")[0] == "shared-mug"  # user-000 likes cluster 0, its prototype
+        assert second.get("/items/shared-mug").json()["source"] == "ingested"
+        again = second.post("/items", json=item_body(prototype_item(0, "shared-mug")))
+        assert again.status_code == 409, again.text
+
+        assert second.delete("/items/shared-mug").status_code == 200
+        assert first.get("/items/shared-mug").status_code == 404
+        assert "shared-mug" not in top_ids(first, "user-000", k=20)
+
+        first_view = top_ids(first, "user-000", k=20)
+        recorded = second.post("/users/user-000/interactions", json={"item_ids": first_view[:2]}).json()
+        assert recorded["interactions_since_bundle"] == 2
+        assert not set(first_view[:2]) & set(top_ids(first, "user-000", k=20))
+        more = first.post("/users/user-000/interactions", json={"item_ids": [bundle_item]}).json()
+        assert more["interactions_since_bundle"] == 3
+        assert top_ids(first, "user-000", k=20) == top_ids(second, "user-000", k=20)
+
+
+def test_two_stores_cannot_both_create_one_item(tmp_path: Path) -> None:
+    stores = [Store(tmp_path), Store(tmp_path)]
+    item = StoredItem("contested", {"title": "a"}, np.ones(4, dtype=np.float32), "v1", datetime.now(UTC), b"img")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def create(store: Store) -> None:
+        barrier.wait()
+        try:
+            store.put_item(item, in_bundle=False, replace=False)
+            outcomes.append("created")
+        except Conflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=create, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["conflict", "created"]
+    assert [change.item_id for change in stores[0].item_changes(after=0)] == ["contested"]
+
+
+def test_a_schema_1_store_is_migrated_with_its_log_rebuilt(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "service.sqlite3") as db:
+        db.executescript("""
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            INSERT INTO meta VALUES ('schema_version', '1');
+            CREATE TABLE items (item_id TEXT PRIMARY KEY, fields TEXT NOT NULL, image BLOB NOT NULL,
+                vector BLOB NOT NULL, bundle_version TEXT NOT NULL, created_at TEXT NOT NULL);
+            CREATE TABLE deleted_items (item_id TEXT PRIMARY KEY, deleted_at TEXT NOT NULL);
+            CREATE TABLE interactions (seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL,
+                item_id TEXT NOT NULL, vector BLOB NOT NULL, bundle_version TEXT NOT NULL, created_at TEXT NOT NULL);
+        """)
+        db.execute("INSERT INTO items VALUES ('kept', '{}', x'00', ?, 'v1', '2026-01-01T00:00:00+00:00')",
+                   (np.full(4, 2, dtype=np.float32).tobytes(),))
+        db.execute("INSERT INTO deleted_items VALUES ('gone', '2026-01-01T00:00:00+00:00')")
+    changes = Store(tmp_path).item_changes(after=0)
+    assert [(change.item_id, change.vector is None) for change in changes] == [("gone", True), ("kept", False)]
+    np.testing.assert_array_equal(changes[1].vector, np.full(4, 2, dtype=np.float32))
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    Store(tmp_path).close()
+    with sqlite3.connect(tmp_path / "service.sqlite3") as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(RuntimeError, match="schema version 99"):
+        Store(tmp_path)
