@@ -4,6 +4,11 @@ Every setting of `service.config.Settings` is a flag here (kebab-case) and a `CL
 environment variable; flags win. With `--workers N` uvicorn starts N processes, each building
 the app from the environment, so the flags are handed over as `CLIPER_*` variables, and
 Prometheus metrics are shared through a fresh `PROMETHEUS_MULTIPROC_DIR`.
+
+The workers share one listening socket. By default the event loop (uvloop/libuv) of whichever
+worker wakes first accepts every pending connection, so a burst of keep-alive connections can
+land on one worker (32 of 32 in the serving benchmark); `UV_TCP_SINGLE_ACCEPT=1` makes each
+worker accept one connection per wake-up, which spreads them (16/16 in most runs).
 """
 
 import logging
@@ -43,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
         return
     os.environ.update(as_environment(settings))
+    os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
     with tempfile.TemporaryDirectory(prefix="cliper-metrics-") as metrics_dir:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
         Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)

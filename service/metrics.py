@@ -6,11 +6,9 @@ so a scrape of any worker sees the whole service.
 """
 
 import os
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.context_managers import Timer
 from prometheus_client.multiprocess import MultiProcessCollector
 
 # decode: image bytes -> pixels; prepare: preprocessing, prompts, chunking; encode: image and text
@@ -42,8 +40,7 @@ class Metrics:
         self.recommendations = Counter(
             "cliper_recommendations", "Recommendation requests", ["source"], registry=self.registry
         )
-        for stage in STAGES:
-            self.stage_seconds.labels(stage)
+        self._stages = {stage: self.stage_seconds.labels(stage) for stage in STAGES}
         for result in ("hit", "miss"):
             self.cache_requests.labels(result)
 
@@ -55,11 +52,6 @@ class Metrics:
         MultiProcessCollector(registry)
         return registry
 
-    @contextmanager
-    def timed(self, stage: str) -> Iterator[None]:
-        """Observe the wall time of the `with` body under `stage`."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.stage_seconds.labels(stage).observe(time.perf_counter() - start)
+    def timed(self, stage: str) -> Timer:
+        """A context manager that observes the wall time of its body under `stage`."""
+        return self._stages[stage].time()

@@ -1,11 +1,11 @@
 """GET /users/{user_id}/recommendations and POST /users/{user_id}/interactions."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
 from service.api.deps import ApiKey, ServicesDep
-from service.api.schemas import Id, InteractionsIn, InteractionsRecorded, Recommendations, ScoredItem
+from service.api.schemas import Id, InteractionsIn, InteractionsRecorded, Recommendations
 from service.recommend import MAX_K
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -16,17 +16,19 @@ async def recommendations(
     user_id: Annotated[Id, Path()],
     services: ServicesDep,
     k: Annotated[int, Query(ge=1, le=MAX_K, description="how many items")] = 50,
-) -> Recommendations:
+) -> dict[str, Any]:
     """Top-k items by the model's score, without items the user has interacted with; an unknown
     user gets the most popular items (`fallback: true`)."""
     result = await services.recommender.recommend(user_id, k)
-    return Recommendations(
-        user_id=user_id,
-        items=[ScoredItem(item_id=item_id, score=score) for item_id, score in result.items],
-        bundle_version=services.bundle_version,
-        from_cache=result.from_cache,
-        fallback=result.fallback,
-    )
+    # plain dicts: FastAPI validates and serialises them against the response model in pydantic's
+    # Rust core, without building a model object per item (a tenth of the request's CPU time)
+    return {
+        "user_id": user_id,
+        "items": [{"item_id": item_id, "score": score} for item_id, score in result.items],
+        "bundle_version": services.bundle_version,
+        "from_cache": result.from_cache,
+        "fallback": result.fallback,
+    }
 
 
 @router.post("/{user_id}/interactions", status_code=201, response_model=InteractionsRecorded, dependencies=[ApiKey])
