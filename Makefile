@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	bash scripts/ensure_redis.sh
+	bash scripts/ensure_wrk.sh
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 demo: $(STAMP)
@@ -28,6 +29,7 @@ demo: $(STAMP)
 
 bench-serve: $(STAMP)
 	bash scripts/ensure_redis.sh
+	bash scripts/ensure_wrk.sh
 	$(PY) scripts/bench_serve.py
 
 clean:

@@ -3,12 +3,14 @@
 Builds (once) a bundle of 100,000 items with synthetic clustered vectors and realistic-cost
 encoders (tests/service/bundle_factory.py), then measures on this machine:
   * the raw parts in-process: FAISS search + Redis GET per query, the ONNX encoders' items/s;
-  * `python -m service` under uvicorn in a subprocess, driven by an httpx async load generator
-    in this process: recommendations p50/p95/p99 and req/s at concurrency 1, 8, 32 with the user
-    vector in the cache (hit) and not (miss); POST /items items/s with and without micro-batching.
+  * `python -m service --workers N` in a subprocess, driven by wrk (a C load generator, so the
+    generator's own CPU use stays small: `apt-get install wrk`): recommendations p50/p95/p99 and
+    req/s at concurrency 1, 8, 32 (closed loop, one keep-alive connection per client) with the
+    user vector in the cache (hit) and not (miss);
+  * POST /items items/s with and without micro-batching (an httpx async client in this process).
 Prints a markdown table and the machine; `--json` also writes the numbers.
 
-    .venv/bin/python scripts/bench_serve.py [--items 100000] [--json build/bench-serve.json]
+    .venv/bin/python scripts/bench_serve.py [--items 100000] [--workers 2] [--json build/bench-serve.json]
 """
 
 import asyncio
@@ -23,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Any
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -38,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 CONCURRENCY = (1, 8, 32)
 HIT_USERS = 256
+WRK_SCRIPT = ROOT / "scripts" / "wrk" / "bench.lua"
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
@@ -177,46 +181,47 @@ def serve(bundle_dir: Path, work: Path, port: int, *extra: str) -> Iterator[str]
 
 
 async def load(base: str, concurrency: int, n: int,
-               send: Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]) -> tuple[list[float], float, list]:
-    """Closed loop: `concurrency` clients (one connection each) send `n` requests in all."""
+               send: Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]) -> float:
+    """Closed loop: `concurrency` clients (one connection each) send `n` requests in all; the wall time."""
     counter = itertools.count()
-    latencies: list[float] = []
-    bodies: list = []
 
     async def worker() -> None:
         async with httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=1), timeout=120) as client:
             while (i := next(counter)) < n:
-                start = time.perf_counter()
                 response = await send(client, i)
-                latencies.append(time.perf_counter() - start)
                 if response.status_code >= 400:
                     raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
-                bodies.append(response.json())
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, time.perf_counter() - start, bodies
+    return time.perf_counter() - start
 
 
-def bench_recommendations(base: str, n_users: int, requests: int) -> list[dict]:
-    rng = np.random.default_rng(2)
-    order = rng.permutation(n_users)
-    hit_users, fresh = order[:HIT_USERS], iter(order[HIT_USERS:])
+def wrk(base: str, concurrency: int, seconds: int, *users: int) -> dict[str, Any]:
+    """One closed-loop wrk run (`users`: first and count of the user range; none: /health/live)."""
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", str(WRK_SCRIPT), base,
+               *(["--", *map(str, users)] if users else [])]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    if result["failed"] or result["socket_errors"]:
+        raise RuntimeError(f"wrk saw {result['failed']} error responses and {result['socket_errors']} socket errors")
+    return {"concurrency": concurrency, "req_per_s": result["requests"] / result["seconds"],
+            "from_cache": result["cached"] / max(result["requests"], 1),
+            **{f"p{q}_ms": result[f"p{q}_us"] / 1000 for q in (50, 95, 99)}}
 
-    def recs(users: list[int]) -> Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]:
-        return lambda client, i: client.get(f"/users/user-{users[i % len(users)]}/recommendations", params={"k": 50})
 
-    asyncio.run(load(base, 8, HIT_USERS, recs(list(hit_users))))  # warm the cache (and the server)
-    latencies, wall, _ = asyncio.run(load(base, 1, requests, lambda client, i: client.get("/health/live")))
-    rows = [{"concurrency": 1, "cache": "GET /health/live (HTTP round trip only)", "req_per_s": requests / wall,
-             "from_cache": 0.0, **percentiles(latencies)}]
-    for concurrency in CONCURRENCY:
+def bench_recommendations(base: str, n_users: int, seconds: int) -> list[dict]:
+    """Cache hits cycle over users 0..HIT_USERS-1 (cached by a warm-up run); each miss cell takes
+    its own range of users nobody asked for before (a range too small for the cell's requests
+    would wrap into hits: the `from cache` column shows it)."""
+    miss_range = (n_users - HIT_USERS) // len(CONCURRENCY)
+    wrk(base, 8, max(seconds // 2, 1), 0, HIT_USERS)  # warm the cache (and the server)
+    http = wrk(base, 1, seconds)
+    rows = [{**http, "cache": "GET /health/live (HTTP round trip only)", "from_cache": 0.0}]
+    for i, concurrency in enumerate(CONCURRENCY):
         for mode in ("hit", "miss"):
-            users = list(hit_users) if mode == "hit" else [next(fresh) for _ in range(requests)]
-            latencies, wall, bodies = asyncio.run(load(base, concurrency, requests, recs(users)))
-            cached = sum(body["from_cache"] for body in bodies) / len(bodies)
-            rows.append({"concurrency": concurrency, "cache": mode, "req_per_s": requests / wall,
-                         "from_cache": cached, **percentiles(latencies)})
+            users = (0, HIT_USERS) if mode == "hit" else (HIT_USERS + i * miss_range, miss_range)
+            rows.append({"cache": mode, **wrk(base, concurrency, seconds, *users)})
             print(f"  recommendations c={concurrency:<2} {mode:4}: {rows[-1]['p50_ms']:.2f} / "
                   f"{rows[-1]['p99_ms']:.2f} ms p50/p99, {rows[-1]['req_per_s']:.0f} req/s", flush=True)
     return rows
@@ -227,8 +232,7 @@ def bench_ingest(base: str, bodies: list[dict], concurrency: int) -> float:
         return client.post("/items", json=bodies[i])
 
     asyncio.run(load(base, concurrency, concurrency, post))  # warm-up items
-    _, wall, _ = asyncio.run(load(base, concurrency, len(bodies) - concurrency,
-                                  lambda client, i: post(client, i + concurrency)))
+    wall = asyncio.run(load(base, concurrency, len(bodies) - concurrency, lambda client, i: post(client, i + concurrency)))
     return (len(bodies) - concurrency) / wall
 
 
@@ -237,7 +241,8 @@ def main(
     out_dir: Path = typer.Option(ROOT / "build" / "bench-serve", help="bundle and service data go here"),
     items: int = typer.Option(100_000, help="items in the bundle"),
     users: int = typer.Option(50_000, help="users in the bundle"),
-    requests: int = typer.Option(1500, help="recommendation requests per (concurrency, cache) cell"),
+    seconds: int = typer.Option(8, min=1, help="seconds of each recommendations (concurrency, cache) cell"),
+    workers: int = typer.Option(os.cpu_count() or 1, help="service worker processes for the recommendations"),
     ingest: int = typer.Option(64, help="items posted per ingestion run (the first batch is warm-up)"),
     batch: int = typer.Option(16, help="micro-batch size (and ingestion concurrency)"),
     index: str = typer.Option("Flat", help="FAISS index factory of the bundle, e.g. HNSW32"),
@@ -249,6 +254,8 @@ def main(
 ) -> None:
     from cliper.bundle import read_manifest
 
+    if shutil.which("wrk") is None:
+        raise typer.BadParameter("the load generator wrk is not installed: apt-get install wrk (or make bench-serve)")
     out_dir.mkdir(parents=True, exist_ok=True)
     bundle_dir = out_dir / f"bundle-{items}-{index.replace(',', '_')}-{search_params.replace('=', '')}"
     if rebuild or not (bundle_dir / "manifest.json").is_file():
@@ -267,8 +274,8 @@ def main(
           f"{raw[batch]:.1f} items/s (batch {batch})", flush=True)
 
     print("recommendations", flush=True)
-    with serve(bundle_dir, out_dir, port, "--redis-url", redis_url) as base:
-        recs = bench_recommendations(base, users, requests)
+    with serve(bundle_dir, out_dir, port, "--redis-url", redis_url, "--workers", str(workers)) as base:
+        recs = bench_recommendations(base, users, seconds)
     print("ingestion", flush=True)
     ingest_rate = {}
     for size, wait in ((batch, 10), (1, 0)):
@@ -287,7 +294,8 @@ def main(
         *(f"- {key}: {value}" for key, value in info.items()),
         f"- encoders: ResNet-18 at {manifest.preprocess.image_size}px + MiniLM-L6-sized BERT at "
         f"{manifest.tokenizer.context_length} tokens x {len(manifest.views.view_names)} views (random weights)",
-        "- load generator: httpx async in the same run and on the same machine as the service",
+        f"- service: `python -m service --workers {workers}`; recommendations load generator: wrk (1 thread, "
+        f"{seconds:g} s per cell), ingestion: httpx async; both in the same run on the same machine",
         "",
         "| recommendations | cache | p50 ms | p95 ms | p99 ms | req/s | from cache |",
         "| --- | --- | --- | --- | --- | --- | --- |",

@@ -17,7 +17,7 @@ def free_port() -> int:
 def test_bench_serve_prints_every_table(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_serve.py"), "--items", "3000", "--users", "3000",
-         "--requests", "20", "--ingest", "9", "--batch", "4", "--out-dir", str(tmp_path),
+         "--seconds", "1", "--workers", "2", "--ingest", "9", "--batch", "4", "--out-dir", str(tmp_path),
          "--port", str(free_port())],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
