@@ -3,15 +3,14 @@
 import base64
 import binascii
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
 from service.api.deps import ApiKey, ServicesDep
+from service.api.multipart import parse_multipart
 from service.api.schemas import Id, ItemCreated, ItemDeleted, ItemFields, ItemIn, ItemOut
 from service.errors import BadInput, UnsupportedMediaType
 from service.fetch import fetch_image
@@ -20,6 +19,7 @@ from service.state import Services
 router = APIRouter(prefix="/items", tags=["items"])
 
 IMAGE_FORM_FIELD = "image"
+MAX_FORM_PARTS = 64
 _RESERVED_FORM_FIELDS = {"item_id", IMAGE_FORM_FIELD}
 _OPENAPI_BODY = {
     "requestBody": {
@@ -105,26 +105,18 @@ async def _json_image(body: ItemIn, services: Services) -> bytes:
 
 
 async def _from_form(request: Request) -> tuple[str, dict[str, str], bytes]:
+    form = parse_multipart(request.headers["content-type"], await request.body(), max_fields=MAX_FORM_PARTS)
+    image = form.files.pop(IMAGE_FORM_FIELD, None)
+    if image is None:
+        raise BadInput(f"upload the image as the file field {IMAGE_FORM_FIELD!r}")
+    if form.files:
+        raise BadInput(f"only one file ({IMAGE_FORM_FIELD!r}) may be uploaded; {sorted(form.files)} must be text fields")
+    fields = {key: value for key, value in form.fields.items() if key not in _RESERVED_FORM_FIELDS}
     try:
-        async with request.form(max_files=1, max_fields=64) as form:
-            image = form.get(IMAGE_FORM_FIELD)
-            if not isinstance(image, UploadFile):
-                raise BadInput(f"upload the image as the file field {IMAGE_FORM_FIELD!r}")
-            data = await image.read()
-            values: dict[str, Any] = {key: value for key, value in form.items() if key != IMAGE_FORM_FIELD}
-    except HTTPException as exc:  # Starlette's multipart parser errors
-        raise BadInput(f"the multipart body cannot be parsed: {exc.detail}") from exc
-    except UnicodeDecodeError as exc:
-        raise BadInput(f"a form field is not valid UTF-8: {exc}") from exc
-    non_text = [key for key, value in values.items() if not isinstance(value, str)]
-    if non_text:
-        raise BadInput(f"only one file ({IMAGE_FORM_FIELD!r}) may be uploaded; {non_text} must be text fields")
-    fields = {key: value for key, value in values.items() if key not in _RESERVED_FORM_FIELDS}
-    try:
-        body = ItemFields.model_validate({"item_id": values.get("item_id"), "fields": fields})
+        body = ItemFields.model_validate({"item_id": form.fields.get("item_id"), "fields": fields})
     except ValidationError as exc:
         raise _invalid_body(exc) from exc
-    return body.item_id, body.fields, data
+    return body.item_id, body.fields, image
 
 
 def _invalid_body(exc: ValidationError) -> RequestValidationError:

@@ -94,6 +94,12 @@ POST_ITEMS = [
                              "files": [("image", ("a.png", GOOD.image)), ("other", ("b.png", GOOD.image))]}, 4, "file"),
     ("multipart bad id", {"data": {"item_id": "a\x01b", **TITLE}, "files": {"image": ("a.png", GOOD.image)}},
      422, "control characters"),
+    ("multipart without boundary", {"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data"}},
+     422, "cannot be parsed"),
+    ("multipart truncated", {"content": b'--x\r\nContent-Disposition: form-data; name="item_id"\r\n\r\nm',
+                             "headers": {"content-type": "multipart/form-data; boundary=x"}}, 422, "image"),
+    ("multipart too many parts", {"data": {f"f{i}": "v" for i in range(70)}, "files": {"image": ("a.png", GOOD.image)}},
+     422, "at most 64"),
 ]
 
 
@@ -170,9 +176,11 @@ def assert_rejected(response: Any, status: int, message: str) -> None:
     assert message.lower() in json.dumps(body).lower(), body
 
 
-def test_multipart_text_that_is_not_utf8_does_not_fail(client: TestClient) -> None:
-    """Starlette decodes such form fields as Latin-1 (it exposes no raw bytes), so this is accepted."""
-    response = client.post("/items", data={"item_id": "latin", "title": b"caf\xe9"},
-                           files={"image": ("a.png", GOOD.image)})
-    assert response.status_code == 201, response.text
-    assert client.get("/items/latin").json()["fields"] == {"title": "café"}
+def test_multipart_text_that_is_not_utf8_is_refused_and_utf8_is_kept(client: TestClient) -> None:
+    refused = client.post("/items", data={"item_id": "latin", "title": "caf\xe9".encode("latin-1")},
+                          files={"image": ("a.png", GOOD.image)})
+    assert_rejected(refused, 422, "form field 'title' is not valid UTF-8")
+    assert client.get("/items/latin").status_code == 404
+    accepted = client.post("/items", data={"item_id": "utf8", "title": "café ☕"}, files={"image": ("a.png", GOOD.image)})
+    assert accepted.status_code == 201, accepted.text
+    assert client.get("/items/utf8").json()["fields"] == {"title": "café ☕"}
