@@ -9,8 +9,9 @@ Online vectors: `e_user`, `e_item = lightgcn_item + id_item`; scores are
 Differences from MMRec: the CLIP features stay frozen (MMRec fine-tunes them).
 
 Cold path (`content_item_vectors`): `predictor(E(content))`, with E the ridge estimate of a
-new item's online embedding `e_item` from its content (`ContentRecommender`), fitted on the warm
-items; the same map (`predictor`) warm items go through, hence inner-product compatible.
+new item's online embedding `e_item` from its content, fitted on the warm items, then stretched
+to the warm items' score spread (`ContentRecommender`); the same map (`predictor`) warm items
+go through, hence inner-product compatible.
 """
 
 import torch
@@ -85,5 +86,8 @@ class BM3(ContentRecommender):
     def id_part(self) -> Tensor:
         return self._online()[1]
 
-    def content_item_vectors(self, image: Tensor, text_views: Tensor) -> Tensor:
-        return self.predictor(self.estimate_id_part(self.encoder(image, text_views)))
+    def held_out_vectors(self, estimate: Tensor) -> Tensor:
+        return self.predictor(estimate)
+
+    def raw_content_item_vectors(self, image: Tensor, text_views: Tensor) -> Tensor:
+        return self.predictor(self.estimate_id_part(image, text_views))

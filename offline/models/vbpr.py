@@ -2,7 +2,8 @@
 has one vector of twice the size, so the score is an ID term plus a content term.
 
 Cold path: a new item has no trained ID embedding, so its vector is `[E(content), W . content]`
-with E the ridge map from content to the warm items' ID embeddings (`ContentRecommender`).
+with E the ridge map from content to the warm items' ID embeddings, then stretched to the warm
+items' score spread (`ContentRecommender`).
 """
 
 import torch
@@ -41,9 +42,16 @@ class VBPR(ContentRecommender):
     def trained_item_vectors(self) -> Tensor:
         return torch.cat([self.item_embedding.weight, self._project(self.item_content())], dim=-1)
 
+    @property
+    def vector_size(self) -> int:
+        return 2 * self.hparams.embedding_size
+
     def id_part(self) -> Tensor:
         return self.item_embedding.weight
 
-    def content_item_vectors(self, image: Tensor, text_views: Tensor) -> Tensor:
+    def held_out_vectors(self, estimate: Tensor) -> Tensor:
+        return torch.cat([estimate, self._project(self.item_content())[self.warm_items]], dim=-1)
+
+    def raw_content_item_vectors(self, image: Tensor, text_views: Tensor) -> Tensor:
         modalities = self.encoder(image, text_views)
-        return torch.cat([self.estimate_id_part(modalities), self._project(modalities)], dim=-1)
+        return torch.cat([self.estimate_id_part(image, text_views), self._project(modalities)], dim=-1)

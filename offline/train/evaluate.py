@@ -173,6 +173,17 @@ def model_vectors(model: Recommender) -> tuple[Tensor, Tensor]:
     return model.user_vectors(), model.item_vectors()
 
 
+@torch.no_grad()
+def warm_vectors(model: Recommender) -> tuple[Tensor, Tensor]:
+    """`(user_vectors, trained item vectors)` for rankings of warm items only (validation).
+
+    No switch to eval mode, which would refit a content model's cold-start map (cross-validated,
+    about a second): validation never ranks cold items, so the map is fitted once, after
+    training. Scores do not depend on the mode (no backbone has dropout layers at scoring time).
+    """
+    return model.user_vectors(), model.trained_item_vectors()
+
+
 def popularity_vectors(n_users: int, n_items: int, train: np.ndarray) -> tuple[Tensor, Tensor]:
     """The popularity baseline as vectors: every user is `[1]`, every item its training count."""
     counts = np.bincount(np.asarray(train, dtype=np.int64)[:, 1], minlength=n_items)

@@ -1,7 +1,8 @@
 """One training run: catalog -> split -> features -> backbone -> metrics, written to `out/`.
 
 `out/` gets `checkpoint.pt` (best weights + model spec), `metrics.json` (`valid`, `test`,
-`cold` with `all` / `cold_only`, and the popularity baseline), `history.json` (per epoch: loss,
+`cold` with `all` / `cold_only`, `cold_map` with the cold map's chosen ridge strength and
+scale, and the popularity baseline), `history.json` (per epoch: loss,
 valid recall@20, seconds), `config.yaml` (this run's settings) and `split/` (`SplitData.save`).
 """
 
@@ -19,7 +20,7 @@ from offline.config import ConfigError, read_yaml
 from offline.data.catalog import load_catalog
 from offline.data.split import SplitConfig, SplitData, split_catalog
 from offline.models import MODELS, ContentFeatures, InteractionGraph, ModelSpec
-from offline.models.content import ID_ONLY, ContentMode
+from offline.models.content import ID_ONLY, ContentMode, ContentRecommender
 from offline.train.evaluate import Evaluator, model_vectors, popularity_vectors
 from offline.train.trainer import Checkpoint, FitResult, TrainConfig, train_model
 
@@ -107,6 +108,8 @@ def run_experiment(
         "test": evaluator.evaluate_test(vectors),
         "cold": evaluator.evaluate_cold(vectors) if model.multimodal else None,
     }
+    if isinstance(model, ContentRecommender):  # what the cross-validation chose for the cold map
+        metrics["cold_map"] = {"ridge": model.cold_ridge, "scale": model.cold_scale.item()}
     return Experiment(spec, seed, fit, metrics, time.perf_counter() - started)
 
 

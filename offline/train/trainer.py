@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from offline.config import StrictModel
 from offline.models import ContentFeatures, InteractionGraph, ModelSpec, Recommender, build_model
-from offline.train.evaluate import VALID_METRIC, Evaluator, model_vectors
+from offline.train.evaluate import VALID_METRIC, Evaluator, warm_vectors
 
 CHECKPOINT_FORMAT = 1
 
@@ -193,7 +193,7 @@ def fit(
         loss = _epoch_loss(model, optimizer, graph.edges, sampler, config.batch_size, device)
         if not np.isfinite(loss):
             raise FloatingPointError(f"{description}: the loss became {loss} at epoch {epoch}; lower the learning rate")
-        valid = evaluator.evaluate_valid(model_vectors(model))
+        valid = evaluator.evaluate_valid(warm_vectors(model))
         score = valid[VALID_METRIC]
         result.history.append(EpochLog(epoch, loss, score, time.perf_counter() - started))
         if score > best_score:
