@@ -10,15 +10,11 @@ Writers append to the store first and then call `catch_up`, which applies their 
 anyone else's. `catch_up` must run on one thread (the event loop's, after start-up).
 """
 
-import logging
-
 from service.index import ItemIndex
 from service.metrics import Metrics
 from service.popularity import Popularity
 from service.store import ItemChange, Store, StoredInteraction
 from service.users import UserState
-
-log = logging.getLogger(__name__)
 
 
 class StoreFollower:

@@ -103,7 +103,7 @@ class ItemService:
         model) from their stored image and fields, and store them again (at start-up; one worker
         process does it while the others wait)."""
         with self.store.exclusive("reencode"):
-            stale = [item for item in self.store.items() if item.bundle_version != self.bundle_version]
+            stale = self.store.items_from_other_bundles(self.bundle_version)
             if stale:
                 log.info("re-encoding %d items stored under other bundle versions", len(stale))
             for item in tqdm(stale, desc="re-encode items", unit="item", disable=not stale):

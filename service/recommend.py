@@ -16,11 +16,9 @@ from service.errors import BadInput
 from service.follower import StoreFollower
 from service.index import ItemIndex
 from service.metrics import Metrics
-from service.popularity import MAX_K, Popularity
+from service.popularity import Popularity
 from service.store import Store, StoredInteraction
 from service.users import UserState
-
-__all__ = ["MAX_K", "Recommendation", "Recommender"]
 
 
 @dataclass

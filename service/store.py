@@ -157,10 +157,13 @@ class Store:
         with self._lock:
             return self._db.execute("SELECT image FROM items WHERE item_id = ?", (item_id,)).fetchone()[0]
 
-    def items(self) -> list[StoredItem]:
-        """Ingested items (without images), oldest write first."""
+    def items_from_other_bundles(self, bundle_version: str) -> list[StoredItem]:
+        """Ingested items (without images) stored under another bundle version, oldest write first."""
         with self._lock:
-            return [_item(row) for row in self._db.execute(f"SELECT {_ITEM_COLUMNS} FROM items ORDER BY rowid")]
+            rows = self._db.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE bundle_version != ? ORDER BY rowid", (bundle_version,)
+            )
+            return [_item(row) for row in rows]
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
@@ -183,7 +186,7 @@ class Store:
         return [ItemChange(seq, item_id, None if vector is None else np.frombuffer(vector, dtype=np.float32), version)
                 for seq, item_id, vector, version in rows]
 
-    def interactions(self, after: int = 0) -> list[tuple[int, StoredInteraction]]:
+    def interactions(self, after: int) -> list[tuple[int, StoredInteraction]]:
         """Interactions after sequence number `after`, oldest first, with their sequence numbers."""
         rows = self._log_reader.execute(
             "SELECT seq, user_id, item_id, vector, bundle_version FROM interactions WHERE seq > ? ORDER BY seq",

@@ -259,14 +259,19 @@ class ContentRecommender(Recommender):
             estimate[fold] = features[fold] @ weight + bias
         return estimate
 
-    def _fold_recall(self, users: Tensor, vectors: Tensor) -> float:
-        """Recall@20 of each user's training items among the items of their fold (`vectors`:
-        one row per warm item), averaged over folds: the cold-only protocol on warm items."""
+    def _warm_targets(self) -> Tensor:
+        """`(n_users, n_warm)` booleans: which warm items each user has in training."""
         n_warm = len(self.warm_items)
-        row = torch.full((self.n_items,), -1, dtype=torch.long, device=vectors.device)
-        row[self.warm_items] = torch.arange(n_warm, device=vectors.device)
-        targets = torch.zeros(self.n_users, n_warm, dtype=torch.bool, device=vectors.device)
+        row = torch.full((self.n_items,), -1, dtype=torch.long, device=self.warm_items.device)
+        row[self.warm_items] = torch.arange(n_warm, device=self.warm_items.device)
+        targets = torch.zeros(self.n_users, n_warm, dtype=torch.bool, device=self.warm_items.device)
         targets[self.train_edges[:, 0], row[self.train_edges[:, 1]]] = True
+        return targets
+
+    def _fold_recall(self, users: Tensor, vectors: Tensor, targets: Tensor) -> float:
+        """Recall@20 of each user's training items (`targets`, from `_warm_targets`) among the
+        items of their fold (`vectors`: one row per warm item), averaged over folds: the
+        cold-only protocol on warm items."""
         recalls = [recall_at(users @ vectors[fold].T, targets[:, fold], COLD_RECALL_AT) for fold in self._folds()]
         return sum(recalls) / len(recalls)
 
@@ -278,10 +283,11 @@ class ContentRecommender(Recommender):
         features = torch.cat(self.encoder.map_input(self.image_features[warm], self.text_view_features[warm]), dim=-1)
         target = self.id_part()[warm]
         users = self.user_vectors()
+        targets = self._warm_targets()
         best: tuple[float, float, Tensor] | None = None
         for ridge in self.hparams.cold_ridges:
             held_out = self.held_out_vectors(self._cross_validate(features, target, ridge))
-            recall = self._fold_recall(users, held_out)
+            recall = self._fold_recall(users, held_out, targets)
             if best is None or recall > best[0]:
                 best = (recall, ridge, held_out)
         _, self.cold_ridge, held_out = best

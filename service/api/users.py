@@ -6,7 +6,7 @@ from fastapi import APIRouter, Path, Query
 
 from service.api.deps import ApiKey, ServicesDep
 from service.api.schemas import Id, InteractionsIn, InteractionsRecorded, Recommendations
-from service.recommend import MAX_K
+from service.popularity import MAX_K
 
 router = APIRouter(prefix="/users", tags=["users"])
 
