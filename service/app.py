@@ -82,14 +82,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # latency. Freezing them keeps them out of every later collection.
     gc.collect()
     gc.freeze()
-    services.items.batcher.start()
+    services.items.start()
     services.recommender.searcher.start()
     app.state.services = services
     try:
         yield
     finally:
         gc.unfreeze()
-        await services.items.batcher.stop()
+        await services.items.stop()
         await services.recommender.searcher.stop()
         await cache.close()
         services.store.close()

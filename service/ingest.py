@@ -1,9 +1,10 @@
 """Item ingestion, look-up and withdrawal, and the start-up re-encoding of items from older models.
 
 An ingested item is decoded and prepared in a worker thread (bad input fails here, before any
-batching), encoded in a micro-batch with concurrent requests, persisted, and only then added
-to the index (by the store follower): when the client gets its 201 the item is durable and a
-recommendation candidate in every worker process.
+batching), encoded in a micro-batch with concurrent requests, persisted (items that reach the
+store together share one transaction, so one disk sync), and only then added to the index (by
+the store follower): when the client gets its 201 the item is durable and a recommendation
+candidate in every worker process.
 """
 
 import asyncio
@@ -21,9 +22,10 @@ from service.errors import Conflict, NotFound
 from service.follower import StoreFollower
 from service.index import ItemIndex
 from service.metrics import Metrics
-from service.store import Store, StoredItem
+from service.store import ItemWrite, Store, StoredItem
 
 log = logging.getLogger(__name__)
+ITEMS_PER_TRANSACTION = 64  # most items one store write takes from the queue
 
 
 @dataclass
@@ -67,6 +69,18 @@ class ItemService:
         self.batcher: MicroBatcher[PreparedItem, np.ndarray] = MicroBatcher(
             self.encoder.encode, max_batch_size, max_batch_wait_s
         )
+        # no wait: items that arrive while a transaction syncs go together in the next one
+        self.writer: MicroBatcher[ItemWrite, bool | Conflict] = MicroBatcher(
+            self._write, max_size=ITEMS_PER_TRANSACTION, max_wait_s=0.0
+        )
+
+    def start(self) -> None:
+        self.batcher.start()
+        self.writer.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        await self.writer.stop()
 
     async def ingest(self, item_id: str, fields: Mapping[str, str], image: bytes, replace: bool) -> Ingested:
         """Encode, persist and index one item; `Conflict` when it exists and `replace` is off."""
@@ -76,7 +90,9 @@ class ItemService:
         vector = await self.batcher.submit(prepared)
         stored = StoredItem(item_id, dict(fields), vector, self.bundle_version, datetime.now(UTC), image)
         with self.metrics.timed("store"):
-            replaced = await asyncio.to_thread(self.store.put_item, stored, item_id in self._bundle_ids, replace)
+            replaced = await self.writer.submit(ItemWrite(stored, item_id in self._bundle_ids, replace))
+        if isinstance(replaced, Conflict):
+            raise replaced
         self.follower.catch_up()
         return Ingested(item_id, self.index.size, replaced)
 
@@ -111,6 +127,10 @@ class ItemService:
                 item.vector = self.encoder.encode([self._prepare(item.fields, item.image)])[0]
                 item.bundle_version = self.bundle_version
                 self.store.put_item(item, in_bundle=item.item_id in self._bundle_ids, replace=True)
+
+    def _write(self, writes: list[ItemWrite]) -> list[bool | Conflict]:
+        self.metrics.store_batch_size.observe(len(writes))
+        return self.store.put_items(writes)
 
     def _prepare(self, fields: Mapping[str, str], image: bytes) -> PreparedItem:
         return self.encoder.prepare(fields, self.encoder.decode(image))

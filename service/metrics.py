@@ -19,7 +19,7 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
-    """Per-stage latency, cache hits and misses, Redis errors, batch sizes, index size."""
+    """Per-stage latency, cache hits and misses, Redis errors, encoder and store batch sizes, index size."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -33,6 +33,10 @@ class Metrics:
         self.redis_errors = Counter("cliper_redis_errors", "Failed Redis calls", registry=self.registry)
         self.batch_size = Histogram(
             "cliper_encode_batch_size", "Items per encoder micro-batch",
+            buckets=_BATCH_BUCKETS, registry=self.registry,
+        )
+        self.store_batch_size = Histogram(
+            "cliper_store_write_items", "Items per store write transaction (one disk sync each)",
             buckets=_BATCH_BUCKETS, registry=self.registry,
         )
         self.index_size = Gauge("cliper_index_items", "Items in the search index", registry=self.registry,

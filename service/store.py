@@ -2,7 +2,7 @@
 
 SQLite in the data dir, WAL journal with `synchronous=FULL`: a write returns only once it is
 on disk, and the API answers only after the write returns, so an acknowledged change survives
-a crash. Every item write also appends to the `item_changes` log and every interaction has a
+a crash. Items ingested together are written in one transaction (one disk sync for all). Every item write also appends to the `item_changes` log and every interaction has a
 sequence number: each worker process applies both logs, in order, to its own copy of the
 index and the users (`service.follower`), at start-up and whenever another process wrote.
 Conflicts (an existing id, a missing id) are decided inside the write transaction, so two
@@ -14,7 +14,7 @@ import fcntl
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,6 +58,16 @@ class StoredItem:
     bundle_version: str
     created_at: datetime
     image: bytes | None = None
+
+
+@dataclass
+class ItemWrite:
+    """One item to put: `in_bundle` says whether the id is one of the bundle's items (live
+    unless withdrawn); with `replace` off a live item is a conflict."""
+
+    item: StoredItem
+    in_bundle: bool
+    replace: bool
 
 
 @dataclass
@@ -109,26 +119,21 @@ class Store:
         self._seen_data_version: int | None = None
 
     def put_item(self, item: StoredItem, in_bundle: bool, replace: bool) -> bool:
-        """Insert or replace an item (its image is required) and log it; returns whether it
-        replaced a live item. `Conflict` when the item is live and `replace` is off;
-        `in_bundle`: whether the id is one of the bundle's items (live unless withdrawn)."""
-        if item.image is None:
-            raise ValueError(f"item {item.item_id!r}: the image must be stored with the item")
+        """Insert or replace one item (its image is required) and log it; returns whether it
+        replaced a live item. `Conflict` when the item is live and `replace` is off."""
+        result = self.put_items([ItemWrite(item, in_bundle, replace)])[0]
+        if isinstance(result, Conflict):
+            raise result
+        return result
+
+    def put_items(self, writes: Sequence[ItemWrite]) -> list[bool | Conflict]:
+        """`put_item` for several items in one transaction, in order; per item, whether it
+        replaced a live item or the `Conflict` that kept it out (the others are written)."""
+        for write in writes:
+            if write.item.image is None:
+                raise ValueError(f"item {write.item.item_id!r}: the image must be stored with the item")
         with self._write() as db:
-            live = self._is_live(db, item.item_id, in_bundle)
-            if live and not replace:
-                raise Conflict(f"item {item.item_id!r} already exists; send replace=true to replace it")
-            db.execute("DELETE FROM items WHERE item_id = ?", (item.item_id,))
-            db.execute(
-                "INSERT INTO items (item_id, fields, image, vector, bundle_version, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (item.item_id, json.dumps(item.fields), item.image, _blob(item.vector),
-                 item.bundle_version, item.created_at.isoformat()),
-            )
-            db.execute("DELETE FROM deleted_items WHERE item_id = ?", (item.item_id,))
-            db.execute("INSERT INTO item_changes (item_id, vector, bundle_version, created_at) VALUES (?, ?, ?, ?)",
-                       (item.item_id, _blob(item.vector), item.bundle_version, _now()))
-        return live
+            return [self._put(db, write) for write in writes]
 
     def delete_item(self, item_id: str, in_bundle: bool) -> None:
         """Withdraw a live item (ingested or from the bundle) and log it; `NotFound` otherwise."""
@@ -207,6 +212,22 @@ class Store:
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             yield self._db
+
+    def _put(self, db: sqlite3.Connection, write: ItemWrite) -> bool | Conflict:
+        item = write.item
+        live = self._is_live(db, item.item_id, write.in_bundle)
+        if live and not write.replace:
+            return Conflict(f"item {item.item_id!r} already exists; send replace=true to replace it")
+        db.execute("DELETE FROM items WHERE item_id = ?", (item.item_id,))
+        db.execute(
+            "INSERT INTO items (item_id, fields, image, vector, bundle_version, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (item.item_id, json.dumps(item.fields), item.image, _blob(item.vector), item.bundle_version,
+             item.created_at.isoformat()),
+        )
+        db.execute("DELETE FROM deleted_items WHERE item_id = ?", (item.item_id,))
+        db.execute("INSERT INTO item_changes (item_id, vector, bundle_version, created_at) VALUES (?, ?, ?, ?)",
+                   (item.item_id, _blob(item.vector), item.bundle_version, _now()))
+        return live
 
     @staticmethod
     def _is_live(db: sqlite3.Connection, item_id: str, in_bundle: bool) -> bool:

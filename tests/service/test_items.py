@@ -87,7 +87,7 @@ def test_an_item_with_an_id_that_has_slashes(client: TestClient) -> None:
     assert client.delete("/items/shop%2F42%2Fb").status_code == 200
 
 
-def test_concurrent_ingestion_is_micro_batched(make_client, factory: FactoryBundle) -> None:
+def test_concurrent_ingestion_is_micro_batched_and_stored_together(make_client, factory: FactoryBundle) -> None:
     rng = np.random.default_rng(11)
     items = [make_item(rng, i % 4, f"batch-{i}") for i in range(12)]
     with make_client(max_batch_size=8, max_batch_wait_ms=200) as client:
@@ -99,6 +99,9 @@ def test_concurrent_ingestion_is_micro_batched(make_client, factory: FactoryBund
         encoded = _sample(metrics, "cliper_encode_batch_size_sum")
         assert encoded == 12 + 1  # + the warm-up item
         assert batches <= 5, f"12 concurrent items took {batches - 1} batches"
+        assert _sample(metrics, "cliper_store_write_items_sum") == 12
+        transactions = _sample(metrics, "cliper_store_write_items_count")
+        assert transactions < 12, "items encoded together should be stored in shared transactions"
         for item in items[:3]:
             np.testing.assert_allclose(vector_of(client, item.item_id),
                                        factory.offline_vector(item.fields, item.image), atol=1e-5)

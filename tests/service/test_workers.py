@@ -15,7 +15,7 @@ from bundle_factory import FactoryBundle, prototype_item
 from service_testing import item_body
 
 from service.errors import Conflict
-from service.store import Store, StoredItem
+from service.store import ItemWrite, Store, StoredItem
 
 
 def top_ids(client, user: str, k: int = 5) -> list[str]:
@@ -66,6 +66,25 @@ def test_two_stores_cannot_both_create_one_item(tmp_path: Path) -> None:
         thread.join()
     assert sorted(outcomes) == ["conflict", "created"]
     assert [change.item_id for change in stores[0].item_changes(after=0)] == ["contested"]
+
+
+def test_items_written_together_get_one_outcome_each(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+
+    def write(item_id: str, replace: bool = False, in_bundle: bool = False) -> ItemWrite:
+        item = StoredItem(item_id, {"title": item_id}, np.ones(4, dtype=np.float32), "v1", datetime.now(UTC), b"img")
+        return ItemWrite(item, in_bundle, replace)
+
+    outcomes = store.put_items([write("a"), write("a"), write("a", replace=True), write("bundle-item", in_bundle=True)])
+    assert outcomes[0] is False and outcomes[2] is True
+    assert isinstance(outcomes[1], Conflict) and "'a' already exists" in outcomes[1].message
+    assert isinstance(outcomes[3], Conflict), "a live bundle item needs replace=true"
+    assert [change.item_id for change in store.item_changes(after=0)] == ["a", "a"]
+
+    with pytest.raises(ValueError, match="'b': the image must be stored"):
+        store.put_items([write("c"), ItemWrite(StoredItem("b", {}, np.ones(4, dtype=np.float32), "v1",
+                                                          datetime.now(UTC)), False, False)])
+    assert store.get_item("c") is None, "a refused batch writes nothing"
 
 
 def test_a_schema_1_store_is_migrated_with_its_log_rebuilt(tmp_path: Path) -> None:
