@@ -12,7 +12,7 @@ over 20k items on 2 cores), and it leaves a core to the event loop.
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import faiss
 import numpy as np
@@ -58,6 +58,15 @@ class ItemIndex:
 
     def item_id(self, row: int) -> str:
         return self._ids[row]
+
+    def item_ids(self, rows: Sequence[int]) -> list[str]:
+        ids = self._ids
+        return [ids[row] for row in rows]
+
+    def rows_of(self, item_ids: Iterable[str]) -> set[int]:
+        """The live rows of those of `item_ids` that are live."""
+        rows = self._rows
+        return {row for row in map(rows.get, item_ids) if row is not None}
 
     def vectors(self, rows: Sequence[int]) -> np.ndarray:
         with self._lock:

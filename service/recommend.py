@@ -69,11 +69,9 @@ class Recommender:
             rows, scores = await self.searcher.submit(request)
         else:
             rows, scores = self._search_batch([request])[0]
-        items = [
-            (self.index.item_id(row), float(score))
-            for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
-            if row >= 0 and row not in exclude and math.isfinite(score)
-        ][:k]
+        kept = [(row, score) for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
+                if row >= 0 and row not in exclude and math.isfinite(score)][:k]
+        items = list(zip(self.index.item_ids([row for row, _ in kept]), [score for _, score in kept], strict=True))
         self.metrics.recommendations.labels("model").inc()
         return Recommendation(items, from_cache=from_cache, fallback=False)
 
@@ -113,8 +111,7 @@ class Recommender:
         return vector, False
 
     def _seen_rows(self, user_id: str) -> set[int]:
-        rows = (self.index.row_of(item_id) for item_id in self.users.seen_item_ids(user_id))
-        return {row for row in rows if row is not None}
+        return self.index.rows_of(self.users.seen_item_ids(user_id))
 
     def _search_batch(self, requests: list[tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
         with self.metrics.timed("search"):

@@ -1,8 +1,9 @@
 """GET /users/{user_id}/recommendations and POST /users/{user_id}/interactions."""
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
+from pydantic_core import to_json
 
 from service.api.deps import ApiKey, ServicesDep
 from service.api.schemas import Id, InteractionsIn, InteractionsRecorded, Recommendations
@@ -16,19 +17,21 @@ async def recommendations(
     user_id: Annotated[Id, Path()],
     services: ServicesDep,
     k: Annotated[int, Query(ge=1, le=MAX_K, description="how many items")] = 50,
-) -> dict[str, Any]:
+) -> Response:
     """Top-k items by the model's score, without items the user has interacted with; an unknown
     user gets the most popular items (`fallback: true`)."""
     result = await services.recommender.recommend(user_id, k)
-    # plain dicts: FastAPI validates and serialises them against the response model in pydantic's
-    # Rust core, without building a model object per item (a tenth of the request's CPU time)
-    return {
+    # The hot path: the body is built here from str and float, so it is serialised straight to
+    # JSON (pydantic-core) instead of validated against `Recommendations` first (which only
+    # documents it); that validation and the model objects were a tenth of the request's CPU.
+    body = {
         "user_id": user_id,
         "items": [{"item_id": item_id, "score": score} for item_id, score in result.items],
         "bundle_version": services.bundle_version,
         "from_cache": result.from_cache,
         "fallback": result.fallback,
     }
+    return Response(to_json(body), media_type="application/json")
 
 
 @router.post("/{user_id}/interactions", status_code=201, response_model=InteractionsRecorded, dependencies=[ApiKey])
