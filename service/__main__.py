@@ -5,10 +5,8 @@ environment variable; flags win. With `--workers N` uvicorn starts N processes, 
 the app from the environment, so the flags are handed over as `CLIPER_*` variables, and
 Prometheus metrics are shared through a fresh `PROMETHEUS_MULTIPROC_DIR`.
 
-The workers share one listening socket. By default the event loop (uvloop/libuv) of whichever
-worker wakes first accepts every pending connection, so a burst of keep-alive connections can
-land on one worker (32 of 32 in the serving benchmark); `UV_TCP_SINGLE_ACCEPT=1` makes each
-worker accept one connection per wake-up, which spreads them (16/16 in most runs).
+On Linux each worker listens on its own SO_REUSEPORT socket, so the kernel spreads connections
+evenly over the workers (`service.launcher`); elsewhere they share uvicorn's one socket.
 """
 
 import logging
@@ -22,6 +20,7 @@ from pydantic import SecretStr
 
 from service.app import create_app
 from service.config import Settings
+from service.launcher import reuse_port_available, run_workers
 
 
 def as_environment(settings: Settings) -> dict[str, str]:
@@ -48,12 +47,15 @@ def main(argv: list[str] | None = None) -> None:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
         return
     os.environ.update(as_environment(settings))
-    os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
     with tempfile.TemporaryDirectory(prefix="cliper-metrics-") as metrics_dir:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
         Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
-        uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, host=settings.host,
-                    port=settings.port, log_level=settings.log_level)
+        options = {"factory": True, "workers": settings.workers, "host": settings.host, "port": settings.port,
+                   "log_level": settings.log_level}
+        if reuse_port_available():
+            run_workers(uvicorn.Config("service.app:create_app", **options))
+        else:
+            uvicorn.run("service.app:create_app", **options)
 
 
 if __name__ == "__main__":
