@@ -52,14 +52,16 @@ def _build(bundle_dir: Path, items: int, users: int, index: str, search_params: 
     build_scale_bundle(bundle_dir, n_items=items, n_users=users, index_factory=index, search_params=search_params)
 
 
-def forget_cached_users(redis_url: str, bundle_version: str) -> None:
-    """Drop this bundle's cached user vectors (left by an earlier run), so misses are misses."""
+def forget_cached_users(redis_url: str, bundle_version: str, first_user: int = 0) -> None:
+    """Drop this bundle's cached vectors of users `user-N` with N >= `first_user` (left by an earlier
+    run or cell), so misses are misses."""
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(f"cliper:{bundle_version}:*", count=10_000))
-    if keys:
-        client.delete(*keys)
+    keys = [key for key in client.scan_iter(f"cliper:{bundle_version}:user:user-*", count=10_000)
+            if int(key.split(b":")[3].removeprefix(b"user-")) >= first_user]
+    for start in range(0, len(keys), 10_000):
+        client.delete(*keys[start : start + 10_000])
 
 
 def percentiles(latencies: list[float]) -> dict[str, float]:
@@ -182,19 +184,24 @@ def serve(bundle_dir: Path, work: Path, port: int, *extra: str) -> Iterator[str]
 
 async def load(base: str, concurrency: int, n: int,
                send: Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]) -> float:
-    """Closed loop: `concurrency` clients (one connection each) send `n` requests in all; the wall time."""
+    """Closed loop: `concurrency` clients (one connection each) send `n` requests in all; the wall
+    time. The clients are made before the clock starts (each builds an SSL context: ~15 ms)."""
     counter = itertools.count()
+    clients = [httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=1), timeout=120)
+               for _ in range(concurrency)]
 
-    async def worker() -> None:
-        async with httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=1), timeout=120) as client:
-            while (i := next(counter)) < n:
-                response = await send(client, i)
-                if response.status_code >= 400:
-                    raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
+    async def worker(client: httpx.AsyncClient) -> None:
+        while (i := next(counter)) < n:
+            response = await send(client, i)
+            if response.status_code >= 400:
+                raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - start
+    try:
+        await asyncio.gather(*(worker(client) for client in clients))
+        return time.perf_counter() - start
+    finally:
+        await asyncio.gather(*(client.aclose() for client in clients))
 
 
 def wrk(base: str, concurrency: int, seconds: int, *users: int) -> dict[str, Any]:
@@ -210,17 +217,18 @@ def wrk(base: str, concurrency: int, seconds: int, *users: int) -> dict[str, Any
             **{f"p{q}_ms": result[f"p{q}_us"] / 1000 for q in (50, 95, 99)}}
 
 
-def bench_recommendations(base: str, n_users: int, seconds: int) -> list[dict]:
-    """Cache hits cycle over users 0..HIT_USERS-1 (cached by a warm-up run); each miss cell takes
-    its own range of users nobody asked for before (a range too small for the cell's requests
-    would wrap into hits: the `from cache` column shows it)."""
-    miss_range = (n_users - HIT_USERS) // len(CONCURRENCY)
+def bench_recommendations(base: str, redis_url: str, bundle_version: str, n_users: int, seconds: int) -> list[dict]:
+    """Cache hits cycle over users 0..HIT_USERS-1 (cached by a warm-up run); each miss cell cycles
+    over all the other users, their cached vectors dropped before it (a cell with more requests
+    than users would wrap into hits: the `from cache` column shows it)."""
     wrk(base, 8, max(seconds // 2, 1), 0, HIT_USERS)  # warm the cache (and the server)
     http = wrk(base, 1, seconds)
     rows = [{**http, "cache": "GET /health/live (HTTP round trip only)", "from_cache": 0.0}]
-    for i, concurrency in enumerate(CONCURRENCY):
+    for concurrency in CONCURRENCY:
         for mode in ("hit", "miss"):
-            users = (0, HIT_USERS) if mode == "hit" else (HIT_USERS + i * miss_range, miss_range)
+            if mode == "miss":
+                forget_cached_users(redis_url, bundle_version, first_user=HIT_USERS)
+            users = (0, HIT_USERS) if mode == "hit" else (HIT_USERS, n_users - HIT_USERS)
             rows.append({"cache": mode, **wrk(base, concurrency, seconds, *users)})
             print(f"  recommendations c={concurrency:<2} {mode:4}: {rows[-1]['p50_ms']:.2f} / "
                   f"{rows[-1]['p99_ms']:.2f} ms p50/p99, {rows[-1]['req_per_s']:.0f} req/s", flush=True)
@@ -275,7 +283,7 @@ def main(
 
     print("recommendations", flush=True)
     with serve(bundle_dir, out_dir, port, "--redis-url", redis_url, "--workers", str(workers)) as base:
-        recs = bench_recommendations(base, users, seconds)
+        recs = bench_recommendations(base, redis_url, manifest.bundle_version, users, seconds)
     print("ingestion", flush=True)
     ingest_rate = {}
     for size, wait in ((batch, 10), (1, 0)):
