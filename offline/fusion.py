@@ -2,7 +2,10 @@
 
 `attention` is the CLIPER rule: each view is weighted by softmax over views of
 cos(view, image) / tau, and the fused feature is the weighted sum of the (raw, un-normalised)
-view embeddings. The other modes are the paper's baselines: `mean`, `sum`, `concat` (all views
+view embeddings. `attention_prior` adds a learned per-view bias to those logits,
+softmax(cos / tau + b_v), trained with the backbone from b = 0 (plain CLIPER): image agreement
+still silences a view that contradicts the picture, while a clean view the picture cannot
+show (a brand name) can keep weight if it helps ranking. The other modes are the paper's baselines: `mean`, `sum`, `concat` (all views
 side by side), `mlp` (concat followed by a learned linear layer, trained with the backbone) and
 `global` (the global view alone, always the last view).
 
@@ -16,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-FusionMode = Literal["attention", "mean", "sum", "concat", "mlp", "global"]
+FusionMode = Literal["attention", "attention_prior", "mean", "sum", "concat", "mlp", "global"]
 FUSION_MODES: tuple[str, ...] = get_args(FusionMode)
+ATTENTION_MODES = ("attention", "attention_prior")  # weights from image agreement
 
 
 class ViewFusion(nn.Module):
@@ -31,7 +35,7 @@ class ViewFusion(nn.Module):
             raise ValueError("fusion needs at least one text view")
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
-        if mode == "attention" and image_dim != text_dim:
+        if mode in ATTENTION_MODES and image_dim != text_dim:
             raise ValueError(
                 f"attention fusion compares views with the image, so both need the same CLIP "
                 f"dimension; got text {text_dim} and image {image_dim}"
@@ -41,6 +45,7 @@ class ViewFusion(nn.Module):
         self.text_dim = text_dim
         self.tau = tau
         self.mlp = nn.Linear(n_views * text_dim, text_dim) if mode == "mlp" else None
+        self.prior = nn.Parameter(torch.zeros(n_views)) if mode == "attention_prior" else None
 
     @property
     def out_dim(self) -> int:
@@ -49,15 +54,16 @@ class ViewFusion(nn.Module):
     @property
     def learned(self) -> bool:
         """Whether the fused feature depends on trained parameters (and so changes in training)."""
-        return self.mlp is not None
+        return self.mlp is not None or self.prior is not None
 
     def view_weights(self, text_views: Tensor, image: Tensor) -> Tensor:
         """Per-item weight of each view `(B, V)`: the attention softmax, or the weights a
         fixed mode implies (uniform for mean/concat/mlp, ones for sum, one-hot for global)."""
         batch = text_views.shape[0]
-        if self.mode == "attention":
+        if self.mode in ATTENTION_MODES:
             cosine = torch.einsum("bvd,bd->bv", F.normalize(text_views, dim=-1), F.normalize(image, dim=-1))
-            return torch.softmax(cosine / self.tau, dim=1)
+            logits = cosine / self.tau if self.prior is None else cosine / self.tau + self.prior
+            return torch.softmax(logits, dim=1)
         if self.mode == "global":
             weights = torch.zeros(batch, self.n_views, dtype=text_views.dtype, device=text_views.device)
             weights[:, -1] = 1.0

@@ -1,8 +1,8 @@
 """The content side of multi-modal backbones: frozen CLIP features, the CLIPER fusion, and the
 base class whose cold items are embedded from content alone.
 
-`content_mode` picks the text fusion (`attention`, `mean`, `sum`, `concat`, `mlp`, `global`)
-or `image` for image features only. A backbone sees its content as a list of modalities:
+`content_mode` picks the text fusion (`attention`, `attention_prior`, `mean`, `sum`, `concat`,
+`mlp`, `global`) or `image` for image features only. A backbone sees its content as a list of modalities:
 `[image]` or `[image, fused text]`.
 """
 
@@ -19,11 +19,11 @@ from offline.models.base import InteractionGraph, Recommender
 from offline.models.features import ContentFeatures
 from offline.models.hparams import HParams
 
-ContentMode = Literal["none", "image", "global", "mean", "sum", "concat", "mlp", "attention"]
+ContentMode = Literal["none", "image", "global", "mean", "sum", "concat", "mlp", "attention", "attention_prior"]
 CONTENT_MODES: tuple[str, ...] = get_args(ContentMode)
 ID_ONLY = "none"
 MULTIMODAL_MODES = tuple(mode for mode in CONTENT_MODES if mode != ID_ONLY)
-WEIGHTED_MODES = ("attention", "mean", "sum")  # fusions that sum weighted views
+WEIGHTED_MODES = ("attention", "attention_prior", "mean", "sum")  # fusions that sum weighted views
 
 
 class ContentEncoder(nn.Module):
@@ -81,12 +81,18 @@ class ContentEncoder(nn.Module):
         weights = self.fusion.view_weights(text_views, image)
         return [image, (weights.unsqueeze(-1) * text_views).flatten(1)]
 
-    def frozen_features(self, image: Tensor, text_views: Tensor) -> list[Tensor]:
-        """Modalities without trained parameters, for graphs fixed before training: a learned
-        (`mlp`) fusion is replaced by the mean of the views."""
-        if not self.learned:
-            return self(image, text_views)
-        return [image, text_views.mean(dim=1)]
+    def graph_features(self, image: Tensor, text_views: Tensor) -> list[Tensor]:
+        """Modalities for item-item graphs: the fused ones, except that an `mlp` fusion (a
+        random projection before training) is replaced by the mean of the views."""
+        if self.fusion is not None and self.fusion.mlp is not None:
+            return [image, text_views.mean(dim=1)]
+        return self(image, text_views)
+
+    @property
+    def graph_follows_training(self) -> bool:
+        """Whether `graph_features` change in training (a learned view prior), so graphs
+        built from them must be rebuilt as it learns."""
+        return self.fusion is not None and self.fusion.prior is not None
 
 
 class ContentParams(HParams):

@@ -2,8 +2,9 @@
 
 Two graphs:
 - a frozen item-item kNN graph per modality (image, fused text), built once from the content
-  features over the warm items, mixed with `mm_image_weight`; `n_mm_layers` convolutions of the
-  item ID embeddings over it give `h`;
+  features over the warm items (rebuilt every epoch when the fusion learns a view prior),
+  mixed with `mm_image_weight`; `n_mm_layers` convolutions of the item ID embeddings over it
+  give `h`;
 - the user-item graph of the training interactions, propagated LightGCN-style; during training
   its edges are pruned every epoch with probability favouring low-degree pairs
   (degree-sensitive edge pruning, `dropout` = share removed).
@@ -106,12 +107,15 @@ class FREEDOM(ContentRecommender):
         self.register_buffer("adjacency", adjacency, persistent=False)
         self.register_buffer("train_adjacency", adjacency, persistent=False)
 
-        warm = torch.from_numpy(graph.warm_items)
-        with torch.no_grad():
-            frozen = self.encoder.frozen_features(self.image_features, self.text_view_features)
-        self.content_graphs = nn.ModuleList(ContentGraph(features, warm, hparams.knn_k) for features in frozen)
         weight = hparams.mm_image_weight
-        self.graph_weights = [weight, 1.0 - weight] if len(frozen) == 2 else [1.0]
+        self.graph_weights = [weight, 1.0 - weight] if len(self.encoder.modality_dims) == 2 else [1.0]
+        self._build_content_graphs()
+
+    def _build_content_graphs(self) -> None:
+        """The kNN graph of each modality over the warm items, and their mix."""
+        with torch.no_grad():
+            features = self.encoder.graph_features(self.image_features, self.text_view_features)
+        self.content_graphs = nn.ModuleList(ContentGraph(x, self.warm_items, self.hparams.knn_k) for x in features)
         self.register_buffer("item_adjacency", self._item_adjacency(), persistent=False)
 
     def _item_adjacency(self) -> Tensor:
@@ -147,7 +151,10 @@ class FREEDOM(ContentRecommender):
 
     def pre_epoch(self) -> None:
         """Degree-sensitive edge pruning: keep (1 - dropout) of the edges, sampled without
-        replacement with weight 1 / sqrt(deg(u) deg(i)), and renormalise."""
+        replacement with weight 1 / sqrt(deg(u) deg(i)), and renormalise. A learned view
+        prior's text graph is rebuilt first, from the prior as it is now."""
+        if self.encoder.graph_follows_training:
+            self._build_content_graphs()
         if self.hparams.dropout == 0:
             return
         n_keep = max(1, int(len(self.edge_users) * (1.0 - self.hparams.dropout)))
@@ -164,6 +171,14 @@ class FREEDOM(ContentRecommender):
         content_loss = sum(bpr_loss(u, items[positives], items[negatives]) for items in projected)
         return loss + self.hparams.reg_weight * content_loss
 
+    def train(self, mode: bool = True) -> "FREEDOM":
+        """A graph that follows training is rebuilt for the weights being evaluated (the best
+        checkpoint's, after training) before the cold map is fitted to it."""
+        if not mode and self.encoder.graph_follows_training:
+            self._build_content_graphs()
+        super().train(mode)
+        return self
+
     def user_vectors(self) -> Tensor:
         return self._forward(self.adjacency)[0]
 
@@ -177,7 +192,7 @@ class FREEDOM(ContentRecommender):
         """The cold-path formula for warm items, each item dropped from its own kNN row (it is
         its own nearest neighbour, and its ID embedding learned from its interactions)."""
         warm = self.warm_items
-        frozen = self.encoder.frozen_features(self.image_features[warm], self.text_view_features[warm])
+        frozen = self.encoder.graph_features(self.image_features[warm], self.text_view_features[warm])
         neighbours = []
         for graph, features in zip(self.content_graphs, frozen):
             k = graph.table.shape[1]
@@ -193,7 +208,7 @@ class FREEDOM(ContentRecommender):
 
     def raw_content_item_vectors(self, image: Tensor, text_views: Tensor) -> Tensor:
         estimate = self.estimate_id_part(image, text_views)
-        frozen = self.encoder.frozen_features(image, text_views)
+        frozen = self.encoder.graph_features(image, text_views)
         neighbours = [graph.neighbours(x) for graph, x in zip(self.content_graphs, frozen)]
         tables = [graph.table for graph in self.content_graphs]
         h_prev = self.item_embedding.weight  # the gather form of `_item_graph_layers` traces into ONNX

@@ -2,7 +2,8 @@
 
 `out/` gets `checkpoint.pt` (best weights + model spec), `metrics.json` (`valid`, `test`,
 `cold` with `all` / `cold_only`, `cold_map` with the cold map's chosen ridge strength and
-scale, and the popularity baseline), `history.json` (per epoch: loss,
+scale, `view_prior` with the learned per-view bias of an `attention_prior` fusion, and the
+popularity baseline), `history.json` (per epoch: loss,
 valid recall@20, seconds), `config.yaml` (this run's settings) and `split/` (`SplitData.save`).
 """
 
@@ -110,6 +111,9 @@ def run_experiment(
     }
     if isinstance(model, ContentRecommender):  # what the cross-validation chose for the cold map
         metrics["cold_map"] = {"ridge": model.cold_ridge, "scale": model.cold_scale.item()}
+        prior = model.encoder.fusion.prior if model.encoder.fusion is not None else None
+        if prior is not None:  # where training moved each view's logit (`attention_prior`)
+            metrics["view_prior"] = dict(zip(content.views, prior.tolist(), strict=True))
     return Experiment(spec, seed, fit, metrics, time.perf_counter() - started)
 
 

@@ -17,7 +17,7 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(B, V, D, generator=generator), torch.randn(B, D, generator=generator)
 
 
-@pytest.mark.parametrize("mode", ["attention", "mean", "global", "concat", "mlp"])
+@pytest.mark.parametrize("mode", ["attention", "attention_prior", "mean", "global", "concat", "mlp"])
 def test_weights_sum_to_one(mode: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     weights = ViewFusion(mode, V, D, D).view_weights(*batch)
     assert weights.shape == (B, V)
@@ -94,6 +94,17 @@ def test_mlp_is_learned_and_gradients_flow(batch: tuple[torch.Tensor, torch.Tens
     assert fusion.mlp.weight.grad is not None and fusion.mlp.weight.grad.abs().sum() > 0
 
 
+def test_the_view_prior_starts_as_plain_cliper_and_learns(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    fusion = ViewFusion("attention_prior", V, D, D, tau=0.2)
+    assert fusion.learned
+    torch.testing.assert_close(fusion.view_weights(*batch), ViewFusion("attention", V, D, D, tau=0.2).view_weights(*batch))
+    fusion(*batch)[:, 0].sum().backward()
+    assert fusion.prior.grad is not None and fusion.prior.grad.abs().sum() > 0
+    with torch.no_grad():
+        fusion.prior[1] = 10.0  # a prior this strong outweighs any image agreement
+    assert (fusion.view_weights(*batch).argmax(dim=1) == 1).all()
+
+
 def test_bad_settings_are_rejected() -> None:
     with pytest.raises(ValueError, match="unknown fusion mode"):
         ViewFusion("max", V, D, D)  # type: ignore[arg-type]
@@ -101,7 +112,7 @@ def test_bad_settings_are_rejected() -> None:
         ViewFusion("attention", V, D, D, tau=0.0)
 
 
-@pytest.mark.parametrize("mode", ["attention", "mlp"])  # the modes with computation in them
+@pytest.mark.parametrize("mode", ["attention", "attention_prior", "mlp"])  # the modes with computation in them
 def test_exports_to_onnx(mode: str, batch: tuple[torch.Tensor, torch.Tensor], tmp_path) -> None:
     views, image = batch
     fusion = ViewFusion(mode, V, D, D).eval()

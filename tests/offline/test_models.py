@@ -12,6 +12,7 @@ from offline.models import MODELS, ColdStartUnsupported, InteractionGraph, Model
 from offline.models.features import ContentFeatures, FeaturesError
 from offline.models.content import ContentEncoder, ridge_regression
 from offline.models.freedom import FREEDOM
+from offline.models.graph import knn_table
 from offline.models.hparams import load_hparams
 from offline.train.run import run_experiment
 from offline.train.evaluate import Evaluator, model_vectors
@@ -184,6 +185,21 @@ def test_cold_map_is_refitted_in_eval_mode_and_saved(name, graph, content) -> No
     assert residual.mean(dim=0).abs().max() < 1e-4
 
 
+def test_freedom_text_graph_follows_a_learned_view_prior(graph, content) -> None:
+    model = build_model(ModelSpec(name="freedom", content_mode="attention_prior", hparams={"knn_k": 4}), graph, content)
+    plain = build_model(ModelSpec(name="freedom", content_mode="attention", hparams={"knn_k": 4}), graph, content)
+    torch.testing.assert_close(model.content_graphs[1].table, plain.content_graphs[1].table)  # prior 0: CLIPER
+    with torch.no_grad():
+        model.encoder.fusion.prior[0] = 20.0  # the first view alone
+    model.pre_epoch()
+    first_view_graph = knn_table(content.text_views[:, 0], torch.from_numpy(graph.warm_items), 4)
+    torch.testing.assert_close(model.content_graphs[1].table, first_view_graph)
+    with torch.no_grad():
+        model.encoder.fusion.prior[0] = 0.0
+    model.eval()  # the weights being evaluated get their own graph before the cold map is fitted
+    torch.testing.assert_close(model.content_graphs[1].table, plain.content_graphs[1].table)
+
+
 def test_freedom_prunes_edges_each_epoch(graph, content) -> None:
     model = build_model(ModelSpec(name="freedom", hparams={"dropout": 0.5}), graph, content)
     torch.manual_seed(0)
@@ -204,9 +220,14 @@ def test_features_align_by_item_id(tmp_path, split) -> None:
         ContentFeatures.load(folder, ["i0", "unknown-item"])
 
 
-def test_content_exports_to_onnx(graph, content, tmp_path) -> None:
+@pytest.mark.parametrize("mode", ["attention", "attention_prior"])
+def test_content_exports_to_onnx(mode, graph, content, tmp_path) -> None:
     """The cold path (fusion + kNN + projections) traces into ONNX: the service's item tower."""
-    model = build_model(ModelSpec(name="freedom", content_mode="attention"), graph, content).eval()
+    model = build_model(ModelSpec(name="freedom", content_mode=mode), graph, content)
+    if mode == "attention_prior":
+        with torch.no_grad():
+            model.encoder.fusion.prior.copy_(torch.linspace(-1.0, 1.0, len(content.views)))  # as if trained
+    model.eval()
 
     class Tower(torch.nn.Module):
         def __init__(self) -> None:
