@@ -28,6 +28,7 @@ from offline.data.catalog import Catalog, load_catalog, resolve_views
 from offline.data.split import SplitData
 from offline.export.onnx_export import convert_to_fp16, export_clip_encoders, export_item_tower
 from offline.export.tokenizer import export_tokenizer
+from offline.fusion import ATTENTION_MODES
 from offline.models import ContentFeatures, InteractionGraph, ModelSpec, Recommender
 from offline.train.evaluate import model_vectors
 from offline.train.run import CHECKPOINT_FILE, RunConfig, load_content
@@ -151,11 +152,10 @@ def export_bundle(run_dir: Path, out: Path, cfg: ExportConfig, clip_spec: ClipSp
             popularity=np.bincount(train[:, 1], minlength=run.split.n_items).astype(np.float32),
             extra_files=extra,
         )
-        mode = run.spec.content_mode
         fields = {
             "git_commit": git_commit(),
             "backbone": run.spec.name,
-            "fusion": Fusion(mode=mode, tau=run.spec.tau if mode == "attention" else None),
+            "fusion": fusion_record(run.spec),
             "dims": Dims(image=run.content.image_dim, text=run.content.text_dim, item=items.shape[1]),
             "clip": run.features_meta["clip"],
             "views": run.views,
@@ -181,6 +181,11 @@ def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
         elif isinstance(value, int | float) and not isinstance(value, bool):
             flat[name] = float(value)
     return flat
+
+
+def fusion_record(spec: ModelSpec) -> Fusion:
+    """The manifest's record of the run's fusion; a temperature only where attention uses one."""
+    return Fusion(mode=spec.content_mode, tau=spec.tau if spec.content_mode in ATTENTION_MODES else None)
 
 
 def git_commit() -> str | None:

@@ -34,13 +34,13 @@ from cliper.bundle import (
     read_bundle,
 )
 from cliper.images import preprocess
-from cliper.manifest import Dims, Fusion
+from cliper.manifest import Dims
 from cliper.tokenizer import TextTokenizer
 from cliper.views import chunk_prompts
 from offline.clip.model import ClipHandle, ClipSpec
 from offline.config import ConfigError
 from offline.data.images import ImageLoader
-from offline.export.bundle import SOURCE_FILE, TrainedRun, load_run
+from offline.export.bundle import SOURCE_FILE, TrainedRun, fusion_record, load_run
 from offline.export.onnx_export import cpu_session
 from offline.train.evaluate import model_vectors
 
@@ -116,10 +116,9 @@ class Verifier:
         manifest, run, spec = self.bundle.manifest, self.run, self.run.spec
         with torch.no_grad():
             users, items = (vectors.numpy() for vectors in model_vectors(run.model))
-        tau = spec.tau if spec.content_mode == "attention" else None
         expected = {
             "backbone": spec.name,
-            "fusion": Fusion(mode=spec.content_mode, tau=tau),
+            "fusion": fusion_record(spec),
             "dims": Dims(image=run.content.image_dim, text=run.content.text_dim, item=users.shape[1]),
             "views": run.views,
             "clip": run.features_meta["clip"],
