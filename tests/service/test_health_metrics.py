@@ -4,6 +4,7 @@ from bundle_factory import FactoryBundle, prototype_item
 from fastapi.testclient import TestClient
 from service_testing import item_body
 
+from service.api.schemas import Recommendations
 from service.app import create_app
 from service.config import Settings
 
@@ -48,4 +49,12 @@ def test_openapi_documents_both_item_bodies(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     content = spec["paths"]["/items"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(content)
-    assert "/users/{user_id}/recommendations" in spec["paths"]
+    recommendations = spec["paths"]["/users/{user_id}/recommendations"]["get"]["responses"]["200"]
+    assert recommendations["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Recommendations"}
+
+
+def test_recommendations_match_their_documented_model(client: TestClient) -> None:
+    """The endpoint serialises its body without validating it (hot path): this checks it."""
+    for user in ("user-000", "nobody-yet"):  # the model's ranking and the popularity fallback
+        body = client.get(f"/users/{user}/recommendations", params={"k": 5}).json()
+        assert Recommendations.model_validate(body).model_dump(mode="json") == body
