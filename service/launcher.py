@@ -7,6 +7,10 @@ Here every worker binds its own socket on the same port with `SO_REUSEPORT` and 
 spreads new connections over them by a hash of the client's address and port (17/15 and 18/14
 in the same benchmark; p99 at concurrency 32 fell from 16-19 ms to 13-15 ms).
 
+One consequence of SO_REUSEPORT: a second copy of the service started by the same user on the
+same port shares it with the first instead of failing (a rolling restart can use that; a
+program without SO_REUSEPORT on the port is refused at start-up).
+
 uvicorn's supervisor (`uvicorn.supervisors.Multiprocess`: restarts, signals, health checks) is
 kept. It hands its sockets to each worker by pickling them; `ReusePortSocket` is what it gets
 instead of a socket: unpickling it in a worker binds that worker's own socket.
