@@ -9,6 +9,7 @@ candidate in every worker process.
 
 import asyncio
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -120,9 +121,12 @@ class ItemService:
         process does it while the others wait)."""
         with self.store.exclusive("reencode"):
             stale = self.store.items_from_other_bundles(self.bundle_version)
-            if stale:
-                log.info("re-encoding %d items stored under other bundle versions", len(stale))
-            for item in tqdm(stale, desc="re-encode items", unit="item", disable=not stale):
+            if not stale:
+                return
+            log.info("re-encoding %d items stored under other bundle versions", len(stale))
+            # tqdm's default lock is a multiprocessing one, which worker processes leak at shutdown
+            tqdm.set_lock(threading.RLock())
+            for item in tqdm(stale, desc="re-encode items", unit="item"):
                 item.image = self.store.image(item.item_id)
                 item.vector = self.encoder.encode([self._prepare(item.fields, item.image)])[0]
                 item.bundle_version = self.bundle_version

@@ -51,6 +51,7 @@ def test_python_m_service_serves_http(factory: FactoryBundle, tmp_path: Path, wo
         process.terminate()
         # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status reports it
         assert process.wait(timeout=15) in (0, -signal.SIGTERM)
+    assert "leaked" not in process.stdout.read().decode()  # e.g. multiprocessing locks of the workers
 
 
 def test_settings_from_environment_and_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
