@@ -59,10 +59,6 @@ class ItemIndex:
     def item_id(self, row: int) -> str:
         return self._ids[row]
 
-    def item_ids(self, rows: Sequence[int]) -> list[str]:
-        ids = self._ids
-        return [ids[row] for row in rows]
-
     def rows_of(self, item_ids: Iterable[str]) -> set[int]:
         """The live rows of those of `item_ids` that are live."""
         rows = self._rows

@@ -69,9 +69,11 @@ class Recommender:
             rows, scores = await self.searcher.submit(request)
         else:
             rows, scores = self._search_batch([request])[0]
-        kept = [(row, score) for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
-                if row >= 0 and row not in exclude and math.isfinite(score)][:k]
-        items = list(zip(self.index.item_ids([row for row, _ in kept]), [score for _, score in kept], strict=True))
+        items = [
+            (self.index.item_id(row), float(score))
+            for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
+            if row >= 0 and row not in exclude and math.isfinite(score)
+        ][:k]
         self.metrics.recommendations.labels("model").inc()
         return Recommendation(items, from_cache=from_cache, fallback=False)
 
