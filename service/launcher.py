@@ -5,7 +5,7 @@ accepts the waiting connections, so a burst of keep-alive connections splits une
 32/0 of 32 were seen in the serving benchmark) and the busier worker sets the latency tail.
 Here every worker binds its own socket on the same port with `SO_REUSEPORT` and the kernel
 spreads new connections over them by a hash of the client's address and port (17/15 and 18/14
-in the same benchmark; p99 at concurrency 32 fell from 16-19 ms to 13-15 ms).
+in the same benchmark; p99 at concurrency 32 fell from 15-19 ms to 13-15 ms).
 
 One consequence of SO_REUSEPORT: a second copy of the service started by the same user on the
 same port shares it with the first instead of failing (a rolling restart can use that; a
