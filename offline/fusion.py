@@ -5,9 +5,10 @@ cos(view, image) / tau, and the fused feature is the weighted sum of the (raw, u
 view embeddings. `attention_prior` adds a learned per-view bias to those logits,
 softmax(cos / tau + b_v), trained with the backbone from b = 0 (plain CLIPER): image agreement
 still silences a view that contradicts the picture, while a clean view the picture cannot
-show (a brand name) can keep weight if it helps ranking. The other modes are the paper's baselines: `mean`, `sum`, `concat` (all views
-side by side), `mlp` (concat followed by a learned linear layer, trained with the backbone) and
-`global` (the global view alone, always the last view).
+show (a brand name) can keep weight if it helps ranking. The other modes are the paper's
+baselines: `mean`, `sum`, `concat` (all views side by side), `mlp` (concat followed by a
+learned linear layer, trained with the backbone) and `global` (the global view alone, always
+the last view).
 
 The mode is fixed at construction, so `forward` has no data-dependent Python branches and
 traces into ONNX.
@@ -62,7 +63,9 @@ class ViewFusion(nn.Module):
         batch = text_views.shape[0]
         if self.mode in ATTENTION_MODES:
             cosine = torch.einsum("bvd,bd->bv", F.normalize(text_views, dim=-1), F.normalize(image, dim=-1))
-            logits = cosine / self.tau if self.prior is None else cosine / self.tau + self.prior
+            logits = cosine / self.tau
+            if self.prior is not None:
+                logits = logits + self.prior
             return torch.softmax(logits, dim=1)
         if self.mode == "global":
             weights = torch.zeros(batch, self.n_views, dtype=text_views.dtype, device=text_views.device)

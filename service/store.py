@@ -2,9 +2,10 @@
 
 SQLite in the data dir, WAL journal with `synchronous=FULL`: a write returns only once it is
 on disk, and the API answers only after the write returns, so an acknowledged change survives
-a crash. Items ingested together are written in one transaction (one disk sync for all). Every item write also appends to the `item_changes` log and every interaction has a
-sequence number: each worker process applies both logs, in order, to its own copy of the
-index and the users (`service.follower`), at start-up and whenever another process wrote.
+a crash. Items ingested together are written in one transaction (one disk sync for all).
+Every item write also appends to the `item_changes` log and every interaction has a sequence
+number: each worker process applies both logs, in order, to its own copy of the index and
+the users (`service.follower`), at start-up and whenever another process wrote.
 Conflicts (an existing id, a missing id) are decided inside the write transaction, so two
 processes cannot both create one item. Item images are kept so items can be re-encoded when a
 new bundle (another model) is deployed over the same data dir.

@@ -2,8 +2,8 @@
 base class whose cold items are embedded from content alone.
 
 `content_mode` picks the text fusion (`attention`, `attention_prior`, `mean`, `sum`, `concat`,
-`mlp`, `global`) or `image` for image features only. A backbone sees its content as a list of modalities:
-`[image]` or `[image, fused text]`.
+`mlp`, `global`) or `image` for image features only. A backbone sees its content as a list of
+modalities: `[image]` or `[image, fused text]`.
 """
 
 from abc import abstractmethod
