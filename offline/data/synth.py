@@ -110,11 +110,12 @@ ATTRIBUTES = ("category", "colour", "pattern", "size", "brand", "tier")
 TEXT_COLUMNS = ["title", "brand", "categories", "description"]
 USER_BLOCK = 512
 Attributes = Mapping[str, int]  # one item's latent attributes, as indices into the vocabularies
+MISLEADABLE = ("title", "categories", "description")  # fields that can be copied from elsewhere
 NOISE_FLAGS = [
     "brand_missing",
     "title_colour_omitted",
     "description_empty",
-    "description_misleading",
+    *(f"{field}_misleading" for field in MISLEADABLE),
 ]
 
 
@@ -132,6 +133,9 @@ class SynthConfig(StrictModel):
     brand_missing: float = Field(0.2, ge=0, le=1)
     description_empty: float = Field(0.15, ge=0, le=1)
     description_misleading: float = Field(0.2, ge=0, le=1)
+    # off by default: the default world is the one earlier benchmarks were measured on
+    title_misleading: float = Field(0.0, ge=0, le=1)
+    categories_misleading: float = Field(0.0, ge=0, le=1)
     title_colour_omitted: float = Field(0.2, ge=0, le=1)
     broken_images: float = Field(0.005, ge=0, le=1)  # truncated JPEGs, to exercise the loader
 
@@ -210,8 +214,14 @@ def title(attrs: Attributes, rng: np.random.Generator, with_colour: bool) -> str
     return text[0].upper() + text[1:]
 
 
-def plant_noise(attrs: pd.DataFrame, rng: np.random.Generator, cfg: SynthConfig) -> pd.DataFrame:
-    """Per item: which noise it gets, and for a misleading description the item it comes from."""
+def plant_noise(
+    attrs: pd.DataFrame, rng: np.random.Generator, cfg: SynthConfig, lies_rng: np.random.Generator
+) -> pd.DataFrame:
+    """Per item: which noise it gets, and for each misleading field the item it is copied from.
+
+    Misleading titles and categories are drawn from `lies_rng`, so a world without them has the
+    same items, text and interactions, byte for byte, as one generated before they existed.
+    """
     n = len(attrs)
     draw = rng.random(n)  # empty and misleading descriptions exclude each other
     noise = pd.DataFrame(
@@ -223,11 +233,17 @@ def plant_noise(attrs: pd.DataFrame, rng: np.random.Generator, cfg: SynthConfig)
             & (draw < cfg.description_empty + cfg.description_misleading),
         }
     )
-    noise["description_source"] = [
-        _other_item(attrs, i, rng) if misleading else -1
-        for i, misleading in enumerate(noise["description_misleading"])
-    ]
+    noise["description_source"] = _sources(attrs, noise["description_misleading"], rng)
+    for field in ("title", "categories"):
+        share = getattr(cfg, f"{field}_misleading")
+        noise[f"{field}_misleading"] = lies_rng.random(n) < share if share else False
+        noise[f"{field}_source"] = _sources(attrs, noise[f"{field}_misleading"], lies_rng)
     return noise
+
+
+def _sources(attrs: pd.DataFrame, misleading: pd.Series, rng: np.random.Generator) -> list[int]:
+    """The item each misleading field is copied from, -1 where the field is the item's own."""
+    return [_other_item(attrs, i, rng) if lie else -1 for i, lie in enumerate(misleading)]
 
 
 def text_fields(
@@ -236,21 +252,34 @@ def text_fields(
     """title, brand, categories, description per item; clean unless `noise` is given."""
     if noise is None:
         noise = pd.DataFrame({flag: False for flag in NOISE_FLAGS}, index=attrs.index)
-        noise["description_source"] = -1
+        for field in MISLEADABLE:
+            noise[f"{field}_source"] = -1
     records = attrs.to_dict("records")
-    clean = [describe(row, rng) for row in records]
-    rows = []
-    for index, (row, flags) in enumerate(zip(records, noise.itertuples())):
-        source = flags.description_source if flags.description_misleading else index
-        rows.append(
-            {
-                "title": title(row, rng, with_colour=not flags.title_colour_omitted),
-                "brand": "" if flags.brand_missing else BRANDS[row["brand"]],
-                "categories": CATEGORIES[row["category"]][0],
-                "description": "" if flags.description_empty else clean[source],
-            }
-        )
-    return pd.DataFrame(rows, columns=TEXT_COLUMNS)
+    clean = {
+        "description": [describe(row, rng) for row in records],
+        "title": [
+            title(row, rng, with_colour=not omitted)
+            for row, omitted in zip(records, noise["title_colour_omitted"])
+        ],
+        "categories": [CATEGORIES[row["category"]][0] for row in records],
+    }
+    fields = {
+        field: [
+            clean[field][source if lie else index]
+            for index, (lie, source) in enumerate(
+                zip(noise[f"{field}_misleading"], noise[f"{field}_source"])
+            )
+        ]
+        for field in MISLEADABLE
+    }
+    fields["brand"] = [
+        "" if missing else BRANDS[row["brand"]]
+        for row, missing in zip(records, noise["brand_missing"])
+    ]
+    fields["description"] = [
+        "" if empty else text for text, empty in zip(fields["description"], noise["description_empty"])
+    ]
+    return pd.DataFrame(fields, columns=TEXT_COLUMNS)
 
 
 def _other_item(attrs: pd.DataFrame, i: int, rng: np.random.Generator) -> int:
@@ -450,11 +479,12 @@ def generate(out: Path, cfg: SynthConfig) -> SynthReport:
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    items_rng, users_rng, corpus_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(3)
+    # spawn(4)[:3] equals spawn(3): the fourth stream (lies) leaves the other three unchanged
+    items_rng, users_rng, corpus_rng, lies_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(4)
     )
     attrs = sample_attributes(items_rng, cfg.items)
-    noise = _write_catalog(out, attrs, cfg, items_rng)
+    noise = _write_catalog(out, attrs, cfg, items_rng, lies_rng)
     inter = interactions(attrs, cfg, users_rng)
     inter.to_csv(out / INTERACTIONS_FILE, index=False)
     _write_corpus(out / "corpus", cfg, corpus_rng)
@@ -470,11 +500,15 @@ def generate(out: Path, cfg: SynthConfig) -> SynthReport:
 
 
 def _write_catalog(
-    out: Path, attrs: pd.DataFrame, cfg: SynthConfig, rng: np.random.Generator
+    out: Path,
+    attrs: pd.DataFrame,
+    cfg: SynthConfig,
+    rng: np.random.Generator,
+    lies_rng: np.random.Generator,
 ) -> pd.DataFrame:
     """items.csv, images/, catalog.yaml, noise.csv, attributes.csv; returns the noise table."""
     ids = [f"i{index:05d}" for index in range(cfg.items)]
-    noise = plant_noise(attrs, rng, cfg)
+    noise = plant_noise(attrs, rng, cfg, lies_rng)
     items = text_fields(attrs, rng, noise)
     noise["image_broken"] = rng.random(cfg.items) < cfg.broken_images
     items.insert(0, "item_id", ids)
@@ -485,7 +519,8 @@ def _write_catalog(
     views = load_views("products").model_dump()
     views["name"] = "synthetic-shop"
     (out / VIEWS_FILE).write_text(yaml.safe_dump(views, sort_keys=False), encoding="utf-8")
-    noise["description_source"] = [ids[s] if s >= 0 else "" for s in noise["description_source"]]
+    for field in MISLEADABLE:
+        noise[f"{field}_source"] = [ids[s] if s >= 0 else "" for s in noise[f"{field}_source"]]
     noise.insert(0, "item_id", ids)
     noise.to_csv(out / "noise.csv", index=False)
     _attribute_names(attrs, ids).to_csv(out / "attributes.csv", index=False)

@@ -11,7 +11,9 @@ import pytest
 from offline.commands import synth as synth_command
 from offline.config import ConfigError, load_config
 from offline.data.catalog import load_catalog
-from offline.data.synth import COLOUR_NAMES, SynthConfig, generate
+from offline.data.synth import CATEGORIES, COLOUR_NAMES, SynthConfig, generate
+
+MISLEADING_VIEWS = Path(__file__).parents[2] / "offline" / "data" / "worlds" / "misleading-views.yaml"
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -101,6 +103,47 @@ def test_misleading_descriptions_describe_another_item(world: pd.DataFrame) -> N
         )
         assert colours_in(row["description"]) == {source["latent_colour"]}
     assert (world.loc[~world["description_misleading"], "description_source"] == "").all()
+
+
+@pytest.fixture(scope="module")
+def lying_world(tiny_world_config: SynthConfig, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny world again, with the shipped misleading-views shares."""
+    shares = load_config(SynthConfig, MISLEADING_VIEWS).model_dump(exclude_defaults=True)
+    out = tmp_path_factory.mktemp("lying_world")
+    generate(out, tiny_world_config.model_copy(update=shares))
+    return out
+
+
+def test_misleading_titles_and_categories_describe_another_item(lying_world: Path) -> None:
+    read = lambda name: pd.read_csv(lying_world / name, dtype=str, keep_default_na=False)  # noqa: E731
+    items, noise = read("items.csv").set_index("item_id"), read("noise.csv").set_index("item_id")
+    latent = read("attributes.csv").set_index("item_id")
+    noun = {path: noun for path, noun, _ in CATEGORIES}
+    for field in ["title", "categories", "description"]:
+        lies = noise.index[noise[f"{field}_misleading"] == "True"]
+        assert 0.08 < len(lies) / len(noise) < 0.35, field
+        assert (noise.loc[noise[f"{field}_misleading"] == "False", f"{field}_source"] == "").all()
+        for item in lies:
+            source = latent.loc[noise.at[item, f"{field}_source"]]
+            assert source["colour"] != latent.at[item, "colour"]
+            assert source["category"] != latent.at[item, "category"]
+    for item in noise.index[noise["categories_misleading"] == "True"]:
+        assert items.at[item, "categories"] == latent.loc[noise.at[item, "categories_source"], "category"]
+    truthful = noise["categories_misleading"] == "False"
+    assert (items.loc[truthful, "categories"] == latent.loc[truthful, "category"]).all()
+    for item in noise.index[noise["title_misleading"] == "True"]:
+        source = latent.loc[noise.at[item, "title_source"]]
+        assert noun[source["category"]] in items.at[item, "title"].lower()
+        assert colours_in(items.at[item, "title"]) <= {source["colour"]}
+
+
+def test_lies_leave_the_rest_of_the_world_unchanged(synth_world: Path, lying_world: Path) -> None:
+    """Same seed, more lies: the same items, pictures and users, so only the text differs."""
+    for name in ["interactions.csv", "attributes.csv", "corpus/captions.csv"]:
+        assert (lying_world / name).read_bytes() == (synth_world / name).read_bytes(), name
+    images = digest(synth_world / "images")
+    assert digest(lying_world / "images") == images
+    assert (lying_world / "items.csv").read_bytes() != (synth_world / "items.csv").read_bytes()
 
 
 def test_interactions_follow_user_tastes(synth_world: Path, tiny_world_config: SynthConfig) -> None:
