@@ -3,9 +3,10 @@
 Every item has latent attributes (category, colour, pattern, size, brand, price tier). Its image
 shows the category's shape in its colour, pattern and size; its text fields state the same
 attributes, with noise recorded in `noise.csv`: a missing brand, an empty description, and a
-*misleading* description copied from another item of a different colour and category. Users
-prefer colours and patterns (seen in images) and categories, brands and price tiers (read in
-text), so both modalities carry signal. `corpus/` holds NEW items of the same world with clean
+*misleading* description copied from another item of a different colour and category (titles
+and category paths can lie the same way: off by default, on in `worlds/misleading-views.yaml`).
+Users prefer colours and patterns (seen in images) and categories, brands and price tiers (read
+in text), so both modalities carry signal. `corpus/` holds NEW items of the same world with clean
 text, for training a CLIP that learns which words match which pictures; at feature time a
 misleading description then aligns worse with its image than a clean one.
 """
