@@ -11,7 +11,7 @@ import pytest
 from offline.commands import synth as synth_command
 from offline.config import ConfigError, load_config
 from offline.data.catalog import load_catalog
-from offline.data.synth import CATEGORIES, COLOUR_NAMES, SynthConfig, generate
+from offline.data.synth import CATEGORIES, COLOUR_NAMES, MISLEADABLE, SynthConfig, generate
 
 MISLEADING_VIEWS = Path(__file__).parents[2] / "offline" / "data" / "worlds" / "misleading-views.yaml"
 
@@ -24,6 +24,11 @@ def digest(folder: Path) -> dict[str, str]:
     }
 
 
+def read_table(world: Path, name: str) -> pd.DataFrame:
+    """A CSV of the world as strings, empty cells kept as ''."""
+    return pd.read_csv(world / name, dtype=str, keep_default_na=False)
+
+
 def colours_in(text: str) -> set[str]:
     return {colour for colour in COLOUR_NAMES if re.search(rf"\b{colour}\b", text.lower())}
 
@@ -31,9 +36,9 @@ def colours_in(text: str) -> set[str]:
 @pytest.fixture(scope="module")
 def world(synth_world: Path) -> pd.DataFrame:
     """items joined with their noise flags and latent attributes."""
-    read = lambda name: pd.read_csv(synth_world / name, dtype=str, keep_default_na=False)  # noqa: E731
-    latent = read("attributes.csv").set_index("item_id").add_prefix("latent_")
-    merged = read("items.csv").merge(read("noise.csv"), on="item_id").join(latent, on="item_id")
+    latent = read_table(synth_world, "attributes.csv").set_index("item_id").add_prefix("latent_")
+    merged = read_table(synth_world, "items.csv").merge(read_table(synth_world, "noise.csv"), on="item_id")
+    merged = merged.join(latent, on="item_id")
     for flag in [
         "brand_missing",
         "description_empty",
@@ -115,11 +120,12 @@ def lying_world(tiny_world_config: SynthConfig, tmp_path_factory: pytest.TempPat
 
 
 def test_misleading_titles_and_categories_describe_another_item(lying_world: Path) -> None:
-    read = lambda name: pd.read_csv(lying_world / name, dtype=str, keep_default_na=False)  # noqa: E731
-    items, noise = read("items.csv").set_index("item_id"), read("noise.csv").set_index("item_id")
-    latent = read("attributes.csv").set_index("item_id")
+    items, noise, latent = (
+        read_table(lying_world, name).set_index("item_id")
+        for name in ["items.csv", "noise.csv", "attributes.csv"]
+    )
     noun = {path: noun for path, noun, _ in CATEGORIES}
-    for field in ["title", "categories", "description"]:
+    for field in MISLEADABLE:
         lies = noise.index[noise[f"{field}_misleading"] == "True"]
         assert 0.08 < len(lies) / len(noise) < 0.35, field
         assert (noise.loc[noise[f"{field}_misleading"] == "False", f"{field}_source"] == "").all()
