@@ -9,6 +9,18 @@ Users prefer colours and patterns (seen in images) and categories, brands and pr
 in text), so both modalities carry signal. `corpus/` holds NEW items of the same world with clean
 text, for training a CLIP that learns which words match which pictures; at feature time a
 misleading description then aligns worse with its image than a clean one.
+
+By default every item is on sale all year and each user's interactions fall uniformly over it.
+`item_arrivals` makes the shop unfold in time instead (`worlds/longtail.yaml` is such a shop):
+a share `items_at_start` of the items is on sale from the start, the rest launch uniformly over
+the year (`launch_timestamp` in `attributes.csv`). Each user is active over a window of their own
+(exponential length, mean `user_active_days`); each interaction's time is drawn first, within that
+window, and its item then among the items launched by then, by taste x popularity x a boost for
+recent launches that decays with the item's age (`new_item_boost`, `new_item_days`), so no
+interaction precedes its item's launch and new items sell best while new. With
+`interactions_exponent` a user's number of interactions n is drawn with P(n) ~ n^-exponent, so most
+users buy a few things and few buy many. Every such knob draws from a random stream of its own:
+with the knobs off, the world is the one generated before they existed, byte for byte.
 """
 
 import io
@@ -110,6 +122,12 @@ TIER_NAMES = list(TIERS)
 ATTRIBUTES = ("category", "colour", "pattern", "size", "brand", "tier")
 TEXT_COLUMNS = ["title", "brand", "categories", "description"]
 USER_BLOCK = 512
+DAY = 86_400  # seconds
+YEAR = 365 * DAY  # the span of the world's interactions
+EPOCH = 1_600_000_000  # unix time of the world's start
+# Streams added after the first worlds are seeded [cfg.seed, stream], apart from the SeedSequence
+# spawns and the image seeds (1, 2), so that turning a knob on changes no other draw.
+LAUNCH_STREAM, COUNT_STREAM, TIME_STREAM = 3, 4, 5
 Attributes = Mapping[str, int]  # one item's latent attributes, as indices into the vocabularies
 MISLEADABLE = ("title", "categories", "description")  # fields that can be copied from elsewhere
 NOISE_FLAGS = [
@@ -139,6 +157,14 @@ class SynthConfig(StrictModel):
     categories_misleading: float = Field(0.0, ge=0, le=1)
     title_colour_omitted: float = Field(0.2, ge=0, le=1)
     broken_images: float = Field(0.005, ge=0, le=1)  # truncated JPEGs, to exercise the loader
+    # P(a user has n interactions) ~ n^-exponent over [min, max]; 0 is uniform
+    interactions_exponent: float = Field(0.0, ge=0)
+    # a shop that unfolds in time (see the module docstring); off by default
+    item_arrivals: bool = False
+    items_at_start: float = Field(0.3, ge=0, le=1)  # share of the items on sale from the start
+    new_item_boost: float = Field(1.0, ge=0)  # added to the log-score of a just-launched item
+    new_item_days: float = Field(30.0, gt=0)  # the boost decays as exp(-age / new_item_days)
+    user_active_days: float = Field(60.0, gt=0)  # mean length of a user's active window
 
     @model_validator(mode="after")
     def _interaction_range(self) -> "SynthConfig":
@@ -147,7 +173,17 @@ class SynthConfig(StrictModel):
                 f"min_interactions ({self.min_interactions}) exceeds "
                 f"max_interactions ({self.max_interactions})"
             )
+        if self.item_arrivals and items_at_start(self) < self.max_interactions:
+            raise ValueError(
+                f"items_at_start x items ({items_at_start(self)}) is below max_interactions "
+                f"({self.max_interactions}): a user active at the start could not make every pick"
+            )
         return self
+
+
+def items_at_start(cfg: SynthConfig) -> int:
+    """How many items are on sale from the start when items arrive over time."""
+    return round(cfg.items_at_start * cfg.items)
 
 
 @dataclass
@@ -407,11 +443,18 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, offset: np.ndarray, span:
             (draw.rectangle if kind == "rect" else draw.ellipse)(box, fill=value)
 
 
-def interactions(attrs: pd.DataFrame, cfg: SynthConfig, rng: np.random.Generator) -> pd.DataFrame:
+def interactions(
+    attrs: pd.DataFrame,
+    cfg: SynthConfig,
+    rng: np.random.Generator,
+    launch: np.ndarray | None = None,
+) -> pd.DataFrame:
     """Users with latent tastes pick items by taste x Zipf popularity (Gumbel top-k sampling).
 
     Tastes: a Dirichlet over colours, patterns, categories and price tiers, and a normal
     affinity per brand; the higher an item's score among a user's picks, the higher the rating.
+    With `launch` (seconds from the start at which each item goes on sale; see `launch_times`)
+    each pick is made at a time of the user's active window, among the items launched by then.
     """
     n_items = len(attrs)
     popularity = -cfg.popularity_exponent * np.log1p(rng.permutation(n_items))
@@ -428,27 +471,103 @@ def interactions(attrs: pd.DataFrame, cfg: SynthConfig, rng: np.random.Generator
         ]
     ]
     tastes.append((attrs["brand"].to_numpy(), rng.normal(0, 1, (cfg.users, len(BRANDS)))))
-    high = min(cfg.max_interactions, n_items)
-    counts = rng.integers(min(cfg.min_interactions, high), high + 1, size=cfg.users)
-    items, ratings = [], []
+    counts = interaction_counts(cfg, n_items, rng)
+    time_rng = np.random.default_rng([cfg.seed, TIME_STREAM])
+    items, ratings, times = [], [], []
     for start in range(0, cfg.users, USER_BLOCK):  # blocks keep memory at USER_BLOCK x n_items
         block = slice(start, start + USER_BLOCK)
         score = popularity + sum(taste[block][:, codes] for codes, taste in tastes)
-        keys = score + rng.gumbel(size=score.shape)
-        for row, count in enumerate(counts[block]):
-            chosen = rng.permutation(np.argpartition(-keys[row], count - 1)[:count])
-            rank = np.argsort(np.argsort(-score[row, chosen])) / count
-            items.append(chosen)
-            ratings.append(5 - np.digitize(rank, [0.35, 0.7, 0.9, 0.97]))
-    times = [np.sort(rng.integers(0, 365 * 86_400, count)) for count in counts]
+        if launch is None:
+            chosen = _pick_any_time(score, counts[block], rng)
+        else:
+            chosen, when = _pick_over_time(score, counts[block], launch, cfg, time_rng)
+            times.extend(when)
+        items.extend(chosen)
+        ratings.extend(_ratings(score[row, picks]) for row, picks in enumerate(chosen))
+    if launch is None:
+        times = [np.sort(rng.integers(0, YEAR, count)) for count in counts]
     return pd.DataFrame(
         {
             "user_id": np.repeat([f"u{user:05d}" for user in range(cfg.users)], counts),
             "item_id": [f"i{index:05d}" for index in np.concatenate(items)],
             "rating": np.concatenate(ratings),
-            "timestamp": 1_600_000_000 + np.concatenate(times),
+            "timestamp": EPOCH + np.concatenate(times),
         }
     )
+
+
+def interaction_counts(cfg: SynthConfig, n_items: int, rng: np.random.Generator) -> np.ndarray:
+    """Interactions per user in [min, max]: uniform (from `rng`), or ~ n^-interactions_exponent."""
+    high = min(cfg.max_interactions, n_items)
+    low = min(cfg.min_interactions, high)
+    if not cfg.interactions_exponent:
+        return rng.integers(low, high + 1, size=cfg.users)
+    sizes = np.arange(low, high + 1)
+    weights = sizes ** -cfg.interactions_exponent
+    count_rng = np.random.default_rng([cfg.seed, COUNT_STREAM])
+    return count_rng.choice(sizes, size=cfg.users, p=weights / weights.sum())
+
+
+def launch_times(cfg: SynthConfig) -> np.ndarray:
+    """Seconds from the start at which each item goes on sale: `items_at_start` of them at 0,
+    the others uniformly over the year."""
+    rng = np.random.default_rng([cfg.seed, LAUNCH_STREAM])
+    launch = rng.integers(1, YEAR, size=cfg.items)
+    launch[rng.permutation(cfg.items)[: items_at_start(cfg)]] = 0
+    return launch
+
+
+def _pick_any_time(
+    score: np.ndarray, counts: np.ndarray, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Each user's items, in random order, all at once (their times are drawn afterwards)."""
+    keys = score + rng.gumbel(size=score.shape)
+    return [
+        rng.permutation(np.argpartition(-keys[row], count - 1)[:count])
+        for row, count in enumerate(counts)
+    ]
+
+
+def _pick_over_time(
+    score: np.ndarray,
+    counts: np.ndarray,
+    launch: np.ndarray,
+    cfg: SynthConfig,
+    rng: np.random.Generator,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each user's items and times: the j-th time of every user's window first, then, for all
+    users at once, an item among those launched by then and not yet picked (Gumbel-max of
+    score + recency boost)."""
+    times = _active_times(len(score), counts.max(), cfg, rng)
+    taken = np.zeros(score.shape, bool)
+    picks = np.zeros(times.shape, np.int64)
+    for j in range(times.shape[1]):
+        live = np.flatnonzero(counts > j)  # the users with a j-th pick
+        age = (times[live, j, None] - launch) / DAY
+        boost = cfg.new_item_boost * np.exp(-np.maximum(age, 0) / cfg.new_item_days)
+        keys = score[live] + boost + rng.gumbel(size=age.shape)
+        keys[(age < 0) | taken[live]] = -np.inf
+        picks[live, j] = keys.argmax(axis=1)
+        taken[live, picks[live, j]] = True
+    return (
+        [picks[row, :count] for row, count in enumerate(counts)],
+        [times[row, :count] for row, count in enumerate(counts)],
+    )
+
+
+def _active_times(users: int, picks: int, cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
+    """Sorted pick times (seconds from the start) in each user's active window: an exponential
+    length of mean `user_active_days`, placed uniformly within the year."""
+    length = np.minimum(rng.exponential(cfg.user_active_days * DAY, users), YEAR - 1)
+    start = rng.uniform(0, YEAR - length)
+    offsets = rng.random((users, picks)) * length[:, None]
+    return np.sort((start[:, None] + offsets).astype(np.int64), axis=1)
+
+
+def _ratings(scores: np.ndarray) -> np.ndarray:
+    """1-5 stars by the rank of each pick's score among the user's picks (best = 5)."""
+    rank = np.argsort(np.argsort(-scores)) / len(scores)
+    return 5 - np.digitize(rank, [0.35, 0.7, 0.9, 0.97])
 
 
 def _write_images(
@@ -485,8 +604,9 @@ def generate(out: Path, cfg: SynthConfig) -> SynthReport:
         np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(4)
     )
     attrs = sample_attributes(items_rng, cfg.items)
-    noise = _write_catalog(out, attrs, cfg, items_rng, lies_rng)
-    inter = interactions(attrs, cfg, users_rng)
+    launch = launch_times(cfg) if cfg.item_arrivals else None
+    noise = _write_catalog(out, attrs, cfg, items_rng, lies_rng, launch)
+    inter = interactions(attrs, cfg, users_rng, launch)
     inter.to_csv(out / INTERACTIONS_FILE, index=False)
     _write_corpus(out / "corpus", cfg, corpus_rng)
     return SynthReport(
@@ -506,8 +626,10 @@ def _write_catalog(
     cfg: SynthConfig,
     rng: np.random.Generator,
     lies_rng: np.random.Generator,
+    launch: np.ndarray | None,
 ) -> pd.DataFrame:
-    """items.csv, images/, catalog.yaml, noise.csv, attributes.csv; returns the noise table."""
+    """items.csv, images/, catalog.yaml, noise.csv, attributes.csv (with `launch_timestamp`
+    when items arrive over time); returns the noise table."""
     ids = [f"i{index:05d}" for index in range(cfg.items)]
     noise = plant_noise(attrs, rng, cfg, lies_rng)
     items = text_fields(attrs, rng, noise)
@@ -524,7 +646,10 @@ def _write_catalog(
         noise[f"{field}_source"] = [ids[s] if s >= 0 else "" for s in noise[f"{field}_source"]]
     noise.insert(0, "item_id", ids)
     noise.to_csv(out / "noise.csv", index=False)
-    _attribute_names(attrs, ids).to_csv(out / "attributes.csv", index=False)
+    attributes = _attribute_names(attrs, ids)
+    if launch is not None:
+        attributes["launch_timestamp"] = EPOCH + launch
+    attributes.to_csv(out / "attributes.csv", index=False)
     return noise
 
 

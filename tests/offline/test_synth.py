@@ -1,4 +1,5 @@
-"""The synthetic world: files, determinism, planted noise, user tastes, the CLI command."""
+"""The synthetic world: files, determinism, planted noise, user tastes, item arrivals, the
+long-tail preset, the CLI command."""
 
 import hashlib
 import re
@@ -11,9 +12,22 @@ import pytest
 from offline.commands import synth as synth_command
 from offline.config import ConfigError, load_config
 from offline.data.catalog import load_catalog
+from offline.data.split import k_core
 from offline.data.synth import CATEGORIES, COLOUR_NAMES, MISLEADABLE, SynthConfig, generate
 
-MISLEADING_VIEWS = Path(__file__).parents[2] / "offline" / "data" / "worlds" / "misleading-views.yaml"
+WORLDS = Path(__file__).parents[2] / "offline" / "data" / "worlds"
+MISLEADING_VIEWS = WORLDS / "misleading-views.yaml"
+LONGTAIL = WORLDS / "longtail.yaml"
+# sha256 of files written by the implementation before item arrivals and skewed interaction
+# counts existed: with those knobs off, the worlds must stay the same, byte for byte
+TINY_WORLD_DIGESTS = {
+    "interactions.csv": "884768cacfb2ce1fdd0fcecae58b6b504b5a6100c80cb4474e9c77f0195afd08",
+    "items.csv": "202a02fe4f90c041ad966c59d7635aae49474ff6a60c76d71c29b45dc23c4dad",
+    "attributes.csv": "3082b3be4f2937f8e8173358c4ac9d908e79a3b0fa79f1cb3879b1c7befa2978",
+    "noise.csv": "3ef64a77aa95b75002e2a9af3492b21316c0251813923da07100af3abab10493",
+    "corpus/captions.csv": "dc063de48b3d67efaebd0223211409735f46705e95cc5ac0d673d38a6a3c255e",
+}
+DEFAULT_INTERACTIONS_DIGEST = "e9be17050937eb6777d8d21dcc8931c826309b5088a6a3585256e3fa3b69d966"
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -176,6 +190,56 @@ def test_interactions_follow_user_tastes(synth_world: Path, tiny_world_config: S
         item_id=np.random.default_rng(0).permutation(inter["item_id"].to_numpy())
     )
     assert top_colour_share(inter) > top_colour_share(shuffled) + 0.04
+
+
+def test_worlds_without_the_new_knobs_are_unchanged(synth_world: Path, tmp_path: Path) -> None:
+    for name, expected in TINY_WORLD_DIGESTS.items():
+        assert hashlib.sha256((synth_world / name).read_bytes()).hexdigest() == expected, name
+    generate(tmp_path, SynthConfig(corpus_items=0, image_size=32))  # the image size is not drawn
+    written = hashlib.sha256((tmp_path / "interactions.csv").read_bytes()).hexdigest()
+    assert written == DEFAULT_INTERACTIONS_DIGEST
+
+
+@pytest.fixture(scope="module")
+def longtail_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped long-tail preset at a fifth of its size."""
+    out = tmp_path_factory.mktemp("longtail_world")
+    smaller = {"items": 600, "users": 300, "corpus_items": 0, "image_size": 32}
+    generate(out, load_config(SynthConfig, LONGTAIL, **smaller))
+    return out
+
+
+def test_items_are_not_bought_before_their_launch(longtail_world: Path) -> None:
+    inter = pd.read_csv(longtail_world / "interactions.csv")
+    launch = pd.read_csv(longtail_world / "attributes.csv").set_index("item_id")["launch_timestamp"]
+    assert (inter["timestamp"] >= inter["item_id"].map(launch)).all()
+    at_start = launch == launch.min()
+    assert at_start.mean() == pytest.approx(0.3)
+    assert launch[~at_start].max() - launch.min() > 300 * 86_400  # launches spread over the year
+    assert not inter.duplicated(["user_id", "item_id"]).any()
+    spans = inter.groupby("user_id")["timestamp"].agg(lambda t: t.max() - t.min())
+    assert spans.median() < 90 * 86_400  # each user is active over a window, not the whole year
+
+
+def test_longtail_preset_is_sparse_and_new_items_sell(longtail_world: Path) -> None:
+    inter = pd.read_csv(longtail_world / "interactions.csv")
+    items = pd.read_csv(longtail_world / "items.csv")
+    per_item = inter["item_id"].value_counts().reindex(items["item_id"], fill_value=0)
+    assert per_item.median() < 3 and (per_item < 3).mean() > 0.5 and (per_item >= 5).mean() < 0.5
+    assert (per_item == 0).any()  # unsold items stay in the catalog
+    per_user = inter.groupby("user_id").size()
+    assert per_user.between(1, 12).all() and per_user.median() <= 3
+    assert len(k_core(inter, 5)) < 0.1 * len(inter)
+    start, end = inter["timestamp"].min(), inter["timestamp"].max()
+    cut = start + 0.8 * (end - start)
+    first_seen = inter.groupby("item_id")["timestamp"].min()
+    late = inter[inter["timestamp"] >= cut]
+    assert (late["item_id"].map(first_seen) >= cut).mean() > 0.1
+
+
+def test_arrivals_need_enough_items_at_the_start() -> None:
+    with pytest.raises(ValueError, match="items_at_start"):
+        SynthConfig(items=100, item_arrivals=True, items_at_start=0.1, max_interactions=20)
 
 
 def test_unknown_config_key_is_rejected(tmp_path: Path) -> None:
