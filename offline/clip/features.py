@@ -49,7 +49,7 @@ class FeaturesConfig(StrictModel):
     max_chunks: int = Field(8, ge=1)  # chunks per view text; the rest of a very long text is dropped
     batch_size: int = Field(64, ge=1)
     device: str = "auto"
-    split: SplitConfig = SplitConfig()  # for the MMRec export's `.inter` file
+    split: SplitConfig = SplitConfig(method="random")  # MMRec's protocol, for the `.inter` file
 
 
 @dataclass

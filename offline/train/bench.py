@@ -35,6 +35,7 @@ COLUMNS = [
     ("test", "recall@50", "Recall@50"),
     ("cold.all", "recall@20", "cold R@20 (all)"),
     ("cold.cold_only", "recall@20", "cold R@20 (cold only)"),
+    ("all_items", "recall@20", "all items R@20"),
 ]
 PLOT_FILE = "valid_recall.png"
 
@@ -151,8 +152,8 @@ def markdown_table(rows: list[dict[str, Any]], popularity: dict[str, dict[str, f
         cells += [_cell(row["epochs_run"], 1), _cell(row["seconds_per_epoch"], 3), _cell(row["seconds"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     if popularity is not None:
-        test = popularity["test"]
-        cells = ["popularity", "–", f"{test['recall@20']:.4f}", f"{test['ndcg@20']:.4f}", f"{test['recall@50']:.4f}"]
+        values = [_value(popularity, section, metric) for section, metric, _ in COLUMNS]
+        cells = ["popularity", "–"] + ["–" if value is None else f"{value:.4f}" for value in values]
         cells += ["–"] * (len(header) - len(cells))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -271,12 +272,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Seeds: {settings['seeds']}; max epochs {settings['train']['epochs']}, patience "
         f"{settings['train']['patience']}, batch {settings['train']['batch_size']}; tau {settings['tau']}.",
         "Test metrics rank warm items with training positives masked (MMRec protocol); cold metrics rank "
-        "each user's held-out cold items among all items or among cold items only. Mean ± std over seeds; "
+        "each user's new (cold) items among all items or among cold items only; all items ranks each "
+        "user's test and new items together among every item. Mean ± std over seeds; "
         "epochs = epochs run (early stopping on valid Recall@20).",
         "",
         markdown_table(report["rows"], report["popularity"]),
         "",
     ]
+    new_users = report["popularity"]["new_users"]
+    if new_users is not None:
+        lines += [
+            f"New users (no training interaction; every model serves them popularity): Recall@20 "
+            f"{new_users['recall@20']:.4f}, NDCG@20 {new_users['ndcg@20']:.4f}.",
+            "",
+        ]
     if report["ablation_rows"]:
         lines += [
             f"## Per-view ablation: {report['ablation_model']} with attention fusion, one view left out",

@@ -9,10 +9,13 @@ have at least one target (`src/utils/metrics.py`): recall@K = hits / |targets|;
 NDCG@K with binary relevance and the ideal DCG over min(|targets|, K) positions;
 precision@K = hits / K; MAP@K = sum_k P(k) rel(k) / min(|targets|, K).
 
-We do the same, with one addition for held-out cold items: warm validation and test rank the
-warm items only (cold items are never targets there, and ID-only models cannot score them).
-The cold protocol ranks each user's cold-test items (a) among all items, training positives
-masked, and (b) among the cold items only; cold item vectors come from the content path.
+We do the same, with additions for held-out cold (new) items and new users: warm validation
+and test rank the warm items only (cold items are never targets there, and ID-only models
+cannot score them). The cold protocol ranks each user's cold-test items (a) among all items,
+training positives masked, and (b) among the cold items only; cold item vectors come from the
+content path. `all_items` ranks each user's test and cold-test items together among all items,
+as the service would. New users (a temporal split's users with no training interaction) have
+no model vector: like the service, we rank all items by training popularity for them.
 All scores are inner products of user and item vectors, exactly as the service scores.
 """
 
@@ -34,6 +37,7 @@ class UserItems:
 
     def __init__(self, pairs: np.ndarray, n_users: int):
         pairs = np.unique(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), axis=0)
+        self.n_users = n_users
         self.indptr = np.concatenate([[0], np.cumsum(np.bincount(pairs[:, 0], minlength=n_users))])
         self.indices = pairs[:, 1]
 
@@ -121,6 +125,8 @@ class EvalSplit(SplitLike, Protocol):
     valid: np.ndarray
     test: np.ndarray
     cold_test: np.ndarray
+    new_user_ids: list[str]
+    new_user_test: np.ndarray
 
 
 class Evaluator:
@@ -134,6 +140,9 @@ class Evaluator:
         self.valid = UserItems(split.valid, split.n_users)
         self.test = UserItems(split.test, split.n_users)
         self.cold_test = UserItems(split.cold_test, split.n_users)
+        self.all_test = UserItems(np.concatenate([split.test, split.cold_test]), split.n_users)
+        self.new_user_test = UserItems(split.new_user_test, len(split.new_user_ids))
+        self.popularity = popularity_vectors(len(split.new_user_ids), split.n_items, split.train)
         self.cold = np.zeros(split.n_items, dtype=bool)
         self.cold[np.asarray(split.cold_items, dtype=np.int64)] = True
         for name, part in (("valid", self.valid), ("test", self.test)):
@@ -164,6 +173,19 @@ class Evaluator:
             "all": self._rank(vectors, self.cold_test, np.ones(self.n_items, dtype=bool)),
             "cold_only": self._rank(vectors, self.cold_test, self.cold),
         }
+
+    def evaluate_all_items(self, vectors: tuple[Tensor, Tensor]) -> dict[str, float]:
+        """Each user's test and cold-test items together, among every item."""
+        return self._rank(vectors, self.all_test, np.ones(self.n_items, dtype=bool))
+
+    def evaluate_new_users(self) -> dict[str, float] | None:
+        """Popularity (the service's fallback) for users with no training interaction, among
+        every item; None when the split has none."""
+        if len(self.new_user_test.items) == 0:
+            return None
+        nothing_seen = UserItems(np.zeros((0, 2), dtype=np.int64), self.new_user_test.n_users)
+        candidates = torch.ones(self.n_items, dtype=torch.bool)
+        return evaluate_ranking(*self.popularity, self.new_user_test, nothing_seen, candidates, self.ks, self.batch_size)
 
 
 @torch.no_grad()

@@ -1,10 +1,19 @@
 """One training run: catalog -> split -> features -> backbone -> metrics, written to `out/`.
 
-`out/` gets `checkpoint.pt` (best weights + model spec), `metrics.json` (`valid`, `test`,
-`cold` with `all` / `cold_only`, `cold_map` with the cold map's chosen ridge strength and
-scale, `view_prior` with the learned per-view bias of an `attention_prior` fusion, and the
-popularity baseline), `history.json` (per epoch: loss,
-valid recall@20, seconds), `config.yaml` (this run's settings) and `split/` (`SplitData.save`).
+Two jobs use it. *Evaluate* (`train_run` on an evaluation split, temporal or random): train to
+early stopping on validation and measure. *Refit* (`refit_run`): train again on every
+interaction for the epoch count evaluation chose, with the same settings; that is the model a
+bundle serves.
+
+`out/` gets `checkpoint.pt` (best weights + model spec), `metrics.json`, `history.json` (per
+epoch: loss, valid recall@20, seconds), `config.yaml` (this run's settings) and `split/`
+(`SplitData.save`). An evaluation's metrics hold `valid`, `test` (warm users, warm items),
+`cold` (new items: `all` / `cold_only`), `all_items` (warm users' test and new items among
+every item), `cold_map` with
+the cold map's chosen ridge strength and scale, `view_prior` with the learned per-view bias of an
+`attention_prior` fusion, and the popularity baseline (with `new_users`: popularity is what
+users with no training interaction get). A refit's metrics hold `refit: true` and
+the `evaluation` it was chosen by (or why there was none).
 """
 
 import json
@@ -26,7 +35,9 @@ from offline.train.evaluate import Evaluator, model_vectors, popularity_vectors
 from offline.train.trainer import Checkpoint, FitResult, TrainConfig, train_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.json"
 PATH_FIELDS = ("data", "features", "out")
+REFIT_EPOCHS_UNEVALUATED = 50  # a refit's length when the data cannot support an evaluation
 
 
 class RunConfig(TrainConfig):
@@ -97,18 +108,22 @@ def run_experiment(
     checkpoint: Path | None = None,
     progress: bool = True,
 ) -> Experiment:
-    """Train with early stopping, then evaluate the best weights on valid, test and cold."""
+    """Train with early stopping, then evaluate the best weights on valid, test, cold items and
+    all items; a split with nothing to evaluate (a refit) trains `config.epochs` epochs."""
     started = time.perf_counter()
-    evaluator = Evaluator(split, batch_size=config.eval_batch_size)
+    evaluator = Evaluator(split, batch_size=config.eval_batch_size) if split.evaluable else None
     saver = Checkpoint(checkpoint, spec) if checkpoint is not None else None
     graph = InteractionGraph.from_split(split)
     model, fit = train_model(spec, graph, content, evaluator, config, seed, saver, progress)
     vectors = model_vectors(model)
-    metrics = {
-        "valid": fit.best_valid,
-        "test": evaluator.evaluate_test(vectors),
-        "cold": evaluator.evaluate_cold(vectors) if model.multimodal else None,
-    }
+    metrics: dict[str, Any] = {}
+    if evaluator is not None:
+        metrics = {
+            "valid": fit.best_valid,
+            "test": evaluator.evaluate_test(vectors),
+            "cold": evaluator.evaluate_cold(vectors) if model.multimodal else None,
+            "all_items": evaluator.evaluate_all_items(vectors),
+        }
     if isinstance(model, ContentRecommender):  # what the cross-validation chose for the cold map
         metrics["cold_map"] = {"ridge": model.cold_ridge, "scale": model.cold_scale.item()}
         prior = model.encoder.fusion.prior if model.encoder.fusion is not None else None
@@ -118,10 +133,16 @@ def run_experiment(
 
 
 def popularity_metrics(split: SplitData, batch_size: int = 4096) -> dict[str, dict[str, float]]:
-    """Valid and test metrics of ranking warm items by training popularity."""
+    """Ranking by training popularity: valid and test (warm items), all items, and new users
+    (for whom it is what the service serves; None without new users)."""
     evaluator = Evaluator(split, batch_size=batch_size)
     vectors = popularity_vectors(split.n_users, split.n_items, split.train)
-    return {"valid": evaluator.evaluate_valid(vectors), "test": evaluator.evaluate_test(vectors)}
+    return {
+        "valid": evaluator.evaluate_valid(vectors),
+        "test": evaluator.evaluate_test(vectors),
+        "all_items": evaluator.evaluate_all_items(vectors),
+        "new_users": evaluator.evaluate_new_users(),
+    }
 
 
 def device_name(config: TrainConfig) -> str:
@@ -130,8 +151,9 @@ def device_name(config: TrainConfig) -> str:
     return "cpu"
 
 
-def train_run(cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
-    """Run `cfg` end to end and write its outputs into `cfg.out`; returns the metrics."""
+def train_run(cfg: RunConfig, progress: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run `cfg` end to end and write its outputs into `cfg.out`; returns the metrics (with
+    `extra` merged in). Raises `SplitTooSparse` when the split cannot be evaluated."""
     spec = cfg.model_spec()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,11 +174,29 @@ def train_run(cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
         "train_seconds": round(experiment.fit.seconds, 2),
         "seconds_per_epoch": round(experiment.fit.seconds / experiment.fit.epochs_run, 3),
         **experiment.metrics,
-        "popularity": popularity_metrics(split, cfg.eval_batch_size),
+        **({"popularity": popularity_metrics(split, cfg.eval_batch_size)} if split.evaluable else {}),
+        **(extra or {}),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     (out / "history.json").write_text(json.dumps(experiment.fit.history_dicts(), indent=2), encoding="utf-8")
     absolute = {key: Path(getattr(cfg, key)).resolve() for key in PATH_FIELDS if getattr(cfg, key) is not None}
     resolved = cfg.model_copy(update={"content_mode": spec.content_mode, **absolute}).model_dump(mode="json")
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
     return metrics
+
+
+def refit_run(
+    cfg: RunConfig, out: Path, evaluation: dict[str, Any] | str, progress: bool = True
+) -> dict[str, Any]:
+    """Train `cfg`'s model again on every interaction and every catalog item, into `out`.
+
+    `evaluation` is the evaluation run's metrics (its best epoch sets the length), or the
+    reason there is none (then `REFIT_EPOCHS_UNEVALUATED` epochs). Its metrics are recorded
+    under `evaluation`, so a bundle exported from the refit carries them.
+    """
+    evaluated = isinstance(evaluation, dict)
+    epochs = evaluation["best_epoch"] if evaluated else REFIT_EPOCHS_UNEVALUATED
+    split = cfg.split.model_copy(update={"method": "none", "k_core": None, "cold_item_ratio": None})
+    refit = cfg.model_copy(update={"split": split, "epochs": epochs, "out": Path(out)})
+    record = {"refit": True, "evaluation": evaluation if evaluated else {"skipped": evaluation}}
+    return train_run(refit, progress, record)

@@ -84,7 +84,7 @@ class NegativeSampler:
 class EpochLog:
     epoch: int
     loss: float
-    valid_recall_at_20: float
+    valid_recall_at_20: float | None  # None in a refit, which has no validation
     seconds: float
 
 
@@ -171,7 +171,7 @@ def _epoch_loss(
 def fit(
     model: Recommender,
     graph: InteractionGraph,
-    evaluator: Evaluator,
+    evaluator: Evaluator | None,
     config: TrainConfig,
     seed: int,
     checkpoint: Checkpoint | None = None,
@@ -179,7 +179,11 @@ def fit(
     description: str = "train",
 ) -> FitResult:
     """Train until validation Recall@20 stops improving for `patience` epochs; the model ends
-    with its best weights (also written to `checkpoint` at every improvement)."""
+    with its best weights (also written to `checkpoint` at every improvement).
+
+    Without an `evaluator` (a refit on every interaction) it trains exactly `config.epochs`
+    epochs, the count validation chose, and keeps the last weights.
+    """
     device = next(model.parameters()).device
     hp = model.hparams
     optimizer = torch.optim.Adam(model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
@@ -193,6 +197,10 @@ def fit(
         loss = _epoch_loss(model, optimizer, graph.edges, sampler, config.batch_size, device)
         if not np.isfinite(loss):
             raise FloatingPointError(f"{description}: the loss became {loss} at epoch {epoch}; lower the learning rate")
+        if evaluator is None:
+            result.history.append(EpochLog(epoch, loss, None, time.perf_counter() - started))
+            bar.set_postfix(loss=f"{loss:.4f}")
+            continue
         valid = evaluator.evaluate_valid(warm_vectors(model))
         score = valid[VALID_METRIC]
         result.history.append(EpochLog(epoch, loss, score, time.perf_counter() - started))
@@ -205,8 +213,13 @@ def fit(
         if epoch - result.best_epoch >= config.patience:
             break
     bar.close()
-    model.load_state_dict(best_state)
+    if evaluator is None:
+        result.best_epoch = config.epochs
+    else:
+        model.load_state_dict(best_state)
     model.eval()
+    if evaluator is None and checkpoint is not None:
+        checkpoint.save(model, config.epochs, {})
     return result
 
 
@@ -214,7 +227,7 @@ def train_model(
     spec: ModelSpec,
     graph: InteractionGraph,
     content: ContentFeatures | None,
-    evaluator: Evaluator,
+    evaluator: Evaluator | None,
     config: TrainConfig,
     seed: int,
     checkpoint: Checkpoint | None = None,

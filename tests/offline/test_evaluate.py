@@ -64,6 +64,8 @@ def one_user_split() -> SimpleNamespace:
         test=np.array([[0, 3]]),
         cold_test=np.array([[0, 5]]),
         cold_items=np.array([5]),
+        new_user_ids=[],
+        new_user_test=np.zeros((0, 2), dtype=np.int64),
     )
 
 
@@ -89,6 +91,26 @@ def test_cold_protocol_ranks_among_all_and_among_cold() -> None:
     cold = evaluator.evaluate_cold(vectors([10, 9, 8, 7, 6, 7.5]))
     assert cold["all"]["recall@1"] == 0.0 and cold["all"]["recall@2"] == 1.0  # behind item 2
     assert cold["cold_only"]["recall@1"] == 1.0
+
+
+def test_all_items_ranks_test_and_cold_targets_together() -> None:
+    evaluator = Evaluator(one_user_split(), ks=(1, 2, 3))
+    # order after masking train items 0, 1: item 2 (8), cold item 5 (7.5), test item 3 (7), item 4
+    metrics = evaluator.evaluate_all_items(vectors([10, 9, 8, 7, 6, 7.5]))
+    assert (metrics["recall@1"], metrics["recall@2"], metrics["recall@3"]) == (0.0, 0.5, 1.0)
+
+
+def test_new_users_get_popularity_among_all_items() -> None:
+    split = one_user_split()
+    split.train = np.array([[0, 0], [0, 1], [0, 4]])
+    split.cold_test = np.array([[0, 5]])
+    split.new_user_ids = ["n1", "n2"]
+    split.new_user_test = np.array([[0, 1], [1, 0], [1, 3]])  # n1 wants item 1; n2 items 0 and 3
+    evaluator = Evaluator(split, ks=(3,))
+    # popularity ties items 0, 1 and 4 (one each); the rest score 0: n1 hits 1 of 1 in the top 3, n2
+    # hits item 0 only (item 3 was never bought): recall (1 + 1/2) / 2
+    assert evaluator.evaluate_new_users()["recall@3"] == pytest.approx(0.75)
+    assert Evaluator(one_user_split()).evaluate_new_users() is None
 
 
 def test_no_cold_interactions_means_no_cold_metrics() -> None:
@@ -140,6 +162,8 @@ def test_popularity_baseline() -> None:
         test=np.array([[1, 0]]),
         cold_test=np.zeros((0, 2), dtype=np.int64),
         cold_items=np.zeros(0, dtype=np.int64),
+        new_user_ids=[],
+        new_user_test=np.zeros((0, 2), dtype=np.int64),
     )
     pop = popularity_vectors(2, 4, split.train)
     assert Evaluator(split, ks=(1,)).evaluate_valid(pop)["recall@1"] == 1.0  # item 1 is the most popular unseen
