@@ -74,6 +74,15 @@ class IndexSpec(_Strict):
     recall_at_50: float | None = None
 
 
+class Training(_Strict):
+    """What the served vectors were trained on: every interaction (a refit, what the pipeline
+    serves) or an evaluation split's training part; `metrics` then hold the evaluation."""
+
+    data: Literal["all_interactions", "evaluation_split"]
+    split: str = Field(description="the split's summary: method, users, items, interactions")
+    epochs: PositiveInt
+
+
 class Manifest(_Strict):
     """Contents of `manifest.json` (format version 1)."""
 
@@ -90,6 +99,7 @@ class Manifest(_Strict):
     preprocess: PreprocessConfig
     tokenizer: TokenizerSpec
     metrics: dict[str, float] = {}
+    training: Training | None = None
     index: IndexSpec = IndexSpec()
     supports_cold_items: bool
     files: dict[str, str] = Field(description="relative path -> sha256 of every other bundle file")

@@ -1,18 +1,24 @@
-"""`offline pipeline`: train-clip -> features -> train -> export -> verify, into one folder.
+"""`offline pipeline`: train-clip -> features -> evaluate -> refit -> export -> verify.
 
     OUT/clip/      the CLIP trained on the caption corpus (skipped with real pretrained weights)
     OUT/features/  CLIP features of every catalog item
-    OUT/train/     the recommender run
-    OUT/bundle/    the verified model bundle
+    OUT/train/     the evaluation run: trained to early stopping on a split, and measured
+    OUT/refit/     the served model: the same settings trained again on every interaction for
+                   the epoch count evaluation chose; every catalog item and user is in it
+    OUT/bundle/    the verified model bundle, exported from the refit
     OUT/pipeline.json  per stage: the key it last finished with, its run id and its time
+
+The split is temporal when the interactions have timestamps, else MMRec's random protocol
+(`SplitConfig`). When the data cannot support an evaluation (too few interactions, nobody who
+comes back after the cut-off), the pipeline says so and still refits and exports.
 
 A stage runs again only when its key changes or its output is gone. The key hashes its
 settings, its external inputs (files' names, sizes and modification times) and the run ids of
 the stages before it (a stage that runs again gets a new run id, so everything after it runs
 again too). The keys live in one state file rather than in the stage folders because the
 bundle folder is swapped in whole and checksummed. Profiles set the training lengths: `demo`
-(the default: short CLIP and recommender training for the 2,000-item synthetic shop on a
-laptop CPU) and `fast` (a smoke run for tests).
+(the default: a short CLIP training, sized for the synthetic shop on a laptop CPU, and the
+recommender trained to early stopping, capped at 300 epochs) and `fast` (a smoke run for tests).
 """
 
 import hashlib
@@ -34,9 +40,10 @@ from offline.clip.model import ClipSpec, load_clip, read_clip_spec, resolve_devi
 from offline.clip.train import TrainClipConfig, train_clip
 from offline.config import StrictModel
 from offline.data.catalog import load_catalog, resolve_views
+from offline.data.split import SplitConfig, SplitTooSparse
 from offline.export.bundle import ExportConfig, export_bundle
 from offline.export.verify import report, verify_bundle
-from offline.train.run import CHECKPOINT_FILE, RunConfig, train_run
+from offline.train.run import CHECKPOINT_FILE, METRICS_FILE, REFIT_EPOCHS_UNEVALUATED, RunConfig, refit_run, train_run
 
 STATE_FILE = "pipeline.json"
 CORPUS_DIR = "corpus"
@@ -52,7 +59,7 @@ class Profile(StrictModel):
 
 
 PROFILES = {
-    "demo": Profile(clip_epochs=3, clip_batch_size=32, train_epochs=30, patience=5),
+    "demo": Profile(clip_epochs=3, clip_batch_size=32, train_epochs=300, patience=10),
     "fast": Profile(clip_epochs=1, clip_batch_size=32, train_epochs=3, patience=1),
 }
 
@@ -69,6 +76,7 @@ class PipelineConfig(StrictModel):
     clip_pretrained: str | None = None  # open_clip tag or weights file: skips train-clip
     finetune: bool = False  # train-clip from the pretrained weights anyway
     backbone: str = "freedom"
+    split: SplitConfig = SplitConfig()
     profile: Literal["demo", "fast"] = "demo"
     index_factory: str = "Flat"
     fp16: bool = True
@@ -145,8 +153,9 @@ class Pipeline:
     def run(self) -> list[StageResult]:
         clip_spec, clip_run = self.train_clip()
         features_run = self.features(clip_spec, clip_run)
-        train_run_id = self.train(features_run)
-        version = self.export(train_run_id, clip_spec)
+        evaluate_run_id = self.evaluate(features_run)
+        refit_run_id = self.refit(evaluate_run_id)
+        version = self.export(refit_run_id, clip_spec)
         self.verify(version)
         return self.results
 
@@ -210,34 +219,60 @@ class Pipeline:
 
         return self._stage("features", key, lambda _: (self.out / "features" / "items.json").is_file(), work)["run_id"]
 
-    def train(self, features_run: str) -> str:
-        run_cfg = RunConfig(
+    def run_config(self) -> RunConfig:
+        """The evaluation run's settings (the refit takes the same ones)."""
+        return RunConfig(
             data=self.data,
             views=self.cfg.views,
             features=self.out / "features",
+            split=self.cfg.split,
             model=self.cfg.backbone,
             epochs=self.profile.train_epochs,
             patience=self.profile.patience,
             out=self.out / "train",
         )
-        key = fingerprint("train", features_run, run_cfg.model_dump(mode="json"))
+
+    def evaluate(self, features_run: str) -> str:
+        run_cfg = self.run_config()
+        key = fingerprint("evaluate", features_run, run_cfg.model_dump(mode="json"))
 
         def work() -> dict[str, Any]:
-            metrics = train_run(run_cfg)
+            try:
+                metrics = train_run(run_cfg)
+            except SplitTooSparse as exc:
+                self.echo(
+                    f"[evaluate] not possible on this data: {exc}. The bundle is still built, from a refit "
+                    f"on every interaction for {REFIT_EPOCHS_UNEVALUATED} epochs, but nothing measured it."
+                )
+                return {"skipped": str(exc), "detail": "(skipped: the data cannot support an evaluation)"}
             recall, epoch = metrics["test"]["recall@20"], metrics["best_epoch"]
-            return {"detail": f"(test recall@20 {recall:.4f}, best epoch {epoch})"}
+            return {"detail": f"(warm test recall@20 {recall:.4f}, best epoch {epoch} of {metrics['epochs_run']})"}
 
         folder = self.out / "train"
-        outputs = (folder / CHECKPOINT_FILE, folder / "metrics.json", folder / "config.yaml")
-        return self._stage("train", key, lambda _: all(path.is_file() for path in outputs), work)["run_id"]
+        outputs = (folder / CHECKPOINT_FILE, folder / METRICS_FILE, folder / "config.yaml")
+        done = lambda record: "skipped" in record or all(path.is_file() for path in outputs)  # noqa: E731
+        return self._stage("evaluate", key, done, work)["run_id"]
 
-    def export(self, train_run_id: str, clip_spec: ClipSpec) -> str:
+    def refit(self, evaluate_run_id: str) -> str:
+        folder = self.out / "refit"
+        key = fingerprint("refit", evaluate_run_id)
+
+        def work() -> dict[str, Any]:
+            record = self.state.stages["evaluate"]
+            evaluation = record["skipped"] if "skipped" in record else _read_metrics(self.out / "train")
+            metrics = refit_run(self.run_config(), folder, evaluation)
+            return {"detail": f"({metrics['split']}; {metrics['epochs_run']} epochs)"}
+
+        outputs = (folder / CHECKPOINT_FILE, folder / METRICS_FILE, folder / "config.yaml")
+        return self._stage("refit", key, lambda _: all(path.is_file() for path in outputs), work)["run_id"]
+
+    def export(self, refit_run_id: str, clip_spec: ClipSpec) -> str:
         export_cfg = ExportConfig(index_factory=self.cfg.index_factory, fp16=self.cfg.fp16)
-        key = fingerprint("export", train_run_id, export_cfg.model_dump(mode="json"))
+        key = fingerprint("export", refit_run_id, export_cfg.model_dump(mode="json"))
         bundle = self.out / "bundle"
 
         def work() -> dict[str, Any]:
-            manifest = export_bundle(self.out / "train", bundle, export_cfg, clip_spec)
+            manifest = export_bundle(self.out / "refit", bundle, export_cfg, clip_spec)
             return {"bundle_version": manifest.bundle_version, "detail": f"(version {manifest.bundle_version})"}
 
         record = self._stage("export", key, lambda done: _bundle_version(bundle) == done.get("bundle_version"), work)
@@ -247,7 +282,7 @@ class Pipeline:
         bundle = self.out / "bundle"
 
         def work() -> dict[str, Any]:
-            checks = verify_bundle(bundle, self.out / "train")
+            checks = verify_bundle(bundle, self.out / "refit")
             self.echo(report(checks))
             failed = [check.name for check in checks if not check.passed]
             if failed:
@@ -256,6 +291,10 @@ class Pipeline:
 
         key = fingerprint("verify", bundle_version)
         self._stage("verify", key, lambda _: _bundle_version(bundle) == bundle_version, work)
+
+
+def _read_metrics(run: Path) -> dict[str, Any]:
+    return json.loads((run / METRICS_FILE).read_text(encoding="utf-8"))
 
 
 def _bundle_version(bundle: Path) -> str | None:

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from offline.data.split import EvaluationSplit
+
 NAME = "pipeline"
 
 
@@ -26,12 +28,25 @@ def command(
     ] = None,
     finetune: Annotated[bool, typer.Option(help="train-clip from the pretrained weights anyway")] = False,
     backbone: Annotated[str, typer.Option(help="recommender: freedom, vbpr, bm3")] = "freedom",
+    split: Annotated[
+        EvaluationSplit,
+        typer.Option(help="evaluation protocol: temporal (needs timestamps), random (MMRec's), auto: temporal if it can"),
+    ] = "auto",
+    k_core: Annotated[
+        int | None, typer.Option(help="keep users and items with >= K interactions [default: 5 random, 1 temporal]")
+    ] = None,
+    cold_share: Annotated[
+        float | None, typer.Option(help="random split: share of items withheld as new items [default: 0.2]")
+    ] = None,
+    min_rating: Annotated[float | None, typer.Option(help="drop interactions rated below this")] = None,
     fast: Annotated[bool, typer.Option(help="smoke-test profile: one CLIP epoch, three training epochs")] = False,
     index_factory: Annotated[str, typer.Option(help="FAISS index factory of the bundle")] = "Flat",
     fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="also export fp16 graphs for GPU")] = True,
 ) -> None:
-    """train-clip, features, train, export, verify; stages whose inputs did not change are reused."""
+    """train-clip, features, evaluate, refit on every interaction, export, verify; stages whose
+    inputs did not change are reused."""
     from offline.commands.train_clip import parse_columns
+    from offline.data.split import SplitConfig
     from offline.pipeline import PipelineConfig, PipelineError, run_pipeline
 
     started = time.perf_counter()
@@ -45,6 +60,7 @@ def command(
         clip_pretrained=clip_pretrained,
         finetune=finetune,
         backbone=backbone,
+        split=SplitConfig(method=split, k_core=k_core, cold_item_ratio=cold_share, min_rating=min_rating),
         profile="fast" if fast else "demo",
         index_factory=index_factory,
         fp16=fp16,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cliper.bundle import IMAGE_ENCODER, ITEM_TOWER, TEXT_ENCODER, BundleContent, Seen, fp16_variant, write_bundle
-from cliper.manifest import Chunking, Dims, Fusion, IndexSpec, Manifest
+from cliper.manifest import Chunking, Dims, Fusion, IndexSpec, Manifest, Training
 from cliper.views import ViewsConfig
 from offline.clip.model import ClipHandle, ClipSpec, load_clip, read_clip_spec
 from offline.config import ConfigError, StrictModel
@@ -163,12 +163,22 @@ def export_bundle(run_dir: Path, out: Path, cfg: ExportConfig, clip_spec: ClipSp
             "preprocess": clip.preprocess_config,
             "tokenizer": tokenizer,
             "metrics": flatten_metrics(run.metrics),
+            "training": training_record(run),
             "index": IndexSpec(factory=cfg.index_factory, search_params=cfg.search_params),
             "supports_cold_items": True,
         }
         manifest = write_bundle(out, fields, content)
     log.info("exported %s to %s in %.1f s", run.root, out, time.perf_counter() - started)
     return manifest
+
+
+def training_record(run: TrainedRun) -> Training:
+    """Whether the served vectors saw every interaction (a refit) or an evaluation split's."""
+    return Training(
+        data="all_interactions" if run.metrics.get("refit") else "evaluation_split",
+        split=run.metrics["split"],
+        epochs=run.metrics["best_epoch"],
+    )
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:

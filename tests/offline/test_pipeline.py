@@ -12,7 +12,7 @@ from cliper.bundle import read_bundle
 from offline.cli import app
 from offline.pipeline import STATE_FILE, Pipeline, PipelineConfig, PipelineError, folder_fingerprint, run_pipeline
 
-STAGES = ["train-clip", "features", "train", "export", "verify"]
+STAGES = ["train-clip", "features", "evaluate", "refit", "export", "verify"]
 
 
 def _config(world: Path, out: Path, **changes) -> PipelineConfig:
@@ -56,7 +56,7 @@ def test_a_deleted_output_is_rebuilt(first_run, synth_world: Path) -> None:
     out, _ = first_run
     (out / "train" / "checkpoint.pt").unlink()
     results = run_pipeline(_config(synth_world, out, index_factory="HNSW32"), echo=lambda line: None)
-    assert _ran(results) == ["train", "export", "verify"]
+    assert _ran(results) == ["evaluate", "refit", "export", "verify"]
 
 
 def test_pretrained_weights_skip_train_clip(synth_world: Path, tmp_path: Path) -> None:
@@ -78,7 +78,7 @@ def test_command_reports_the_stages(first_run, synth_world: Path) -> None:
             "--index-factory", "HNSW32"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "| train | reused |" in result.output and f"verified bundle at {out / 'bundle'}" in result.output
+    assert "| evaluate | reused |" in result.output and f"verified bundle at {out / 'bundle'}" in result.output
 
 
 def test_folder_fingerprint_sees_changes_and_skips_the_output(tmp_path: Path) -> None:
@@ -101,3 +101,54 @@ def test_corpus_columns_reach_train_clip(synth_world: Path, tmp_path: Path) -> N
                         echo=lambda line: None)
     spec, _ = pipeline.train_clip()
     assert spec.checkpoint is not None and not pipeline.results[0].reused
+
+
+def _sparse_copy(world: Path, folder: Path, timestamps: bool) -> Path:
+    """The world with at most two interactions per item, some items never bought, as a shop's
+    long tail looks: no item survives a 5-core filter."""
+    shutil.copytree(world, folder, ignore=shutil.ignore_patterns("corpus"))
+    frame = pd.read_csv(folder / "interactions.csv", dtype={"user_id": str, "item_id": str})
+    sold = sorted(frame["item_id"].unique())[: int(0.8 * frame["item_id"].nunique())]
+    frame = frame[frame["item_id"].isin(sold)].groupby("item_id").head(2)
+    if not timestamps:
+        frame = frame.drop(columns="timestamp")
+    frame.to_csv(folder / "interactions.csv", index=False)
+    return folder
+
+
+def _assert_serves_the_whole_catalog(catalog: Path, out: Path) -> None:
+    bundle = read_bundle(out / "bundle")
+    items = pd.read_csv(catalog / "items.csv", dtype=str)["item_id"].tolist()
+    interactions = pd.read_csv(catalog / "interactions.csv", dtype={"user_id": str, "item_id": str})
+    assert sorted(bundle.item_ids) == sorted(items)  # bought or not, every catalog item
+    assert sorted(bundle.user_ids) == sorted(interactions["user_id"].unique())
+    row = {item: index for index, item in enumerate(bundle.item_ids)}
+    for user, group in interactions.groupby("user_id"):  # seen = the whole history
+        seen = set(bundle.seen.items_of(bundle.user_ids.index(user)).tolist())
+        assert seen == {row[item] for item in group["item_id"]}
+    assert bundle.manifest.training.data == "all_interactions"
+
+
+def test_a_sparse_catalog_with_timestamps_evaluates_temporally_and_serves_everything(
+    synth_world: Path, tmp_path: Path
+) -> None:
+    catalog = _sparse_copy(synth_world, tmp_path / "shop", timestamps=True)
+    assert pd.read_csv(catalog / "interactions.csv")["item_id"].value_counts().max() < 5
+    out = tmp_path / "out"
+    run_pipeline(_config(catalog, out, corpus=synth_world / "corpus"), echo=lambda line: None)
+    _assert_serves_the_whole_catalog(catalog, out)
+    evaluation = json.loads((out / "train" / "metrics.json").read_text())
+    assert evaluation["split"].startswith("temporal split")
+    manifest = read_bundle(out / "bundle").manifest
+    assert manifest.metrics["evaluation/test/recall@20"] == evaluation["test"]["recall@20"]
+    assert manifest.training.epochs == evaluation["best_epoch"]
+
+
+def test_a_catalog_that_cannot_be_evaluated_still_exports_and_says_why(synth_world: Path, tmp_path: Path) -> None:
+    catalog = _sparse_copy(synth_world, tmp_path / "shop", timestamps=False)  # random split, 5-core: nothing
+    out, said = tmp_path / "out", []
+    run_pipeline(_config(catalog, out, corpus=synth_world / "corpus"), echo=said.append)
+    assert any("[evaluate] not possible on this data: no interactions survive the 5-core filter" in line
+               for line in said)
+    _assert_serves_the_whole_catalog(catalog, out)
+    assert "evaluation/test/recall@20" not in read_bundle(out / "bundle").manifest.metrics
