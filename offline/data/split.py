@@ -191,7 +191,7 @@ def split_catalog(catalog: Catalog, cfg: SplitConfig) -> SplitData:
     or test on (`method="none"` only needs one interaction).
     """
     cfg = cfg.resolve(catalog)
-    frame, stats = _filtered(catalog, cfg)
+    frame, stats = filtered_interactions(catalog, cfg)
     if frame.empty:
         raise SplitTooSparse(
             f"no interactions survive the {cfg.k_core}-core filter; lower k_core "
@@ -208,12 +208,13 @@ def split_catalog(catalog: Catalog, cfg: SplitConfig) -> SplitData:
     return split
 
 
-def _filtered(catalog: Catalog, cfg: SplitConfig) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The interactions after dedup, `min_rating` and the k-core filter, with what each dropped."""
+def filtered_interactions(catalog: Catalog, cfg: SplitConfig) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The interactions after dedup, `min_rating` and the k-core filter, with what each dropped
+    (`cfg` resolved; a temporal split's come in time order, `timestamp` as int64)."""
     frame = catalog.interactions
     stats = {"interactions": len(frame)}
     if cfg.method == "temporal":
-        frame = frame.assign(timestamp=_timestamps(frame)).sort_values("timestamp", kind="stable")
+        frame = frame.assign(timestamp=interaction_times(frame)).sort_values("timestamp", kind="stable")
     frame = frame.drop_duplicates(["user_id", "item_id"], keep="first")
     stats["duplicates_dropped"] = stats["interactions"] - len(frame)
     if cfg.min_rating is not None:
@@ -229,7 +230,7 @@ def _filtered(catalog: Catalog, cfg: SplitConfig) -> tuple[pd.DataFrame, dict[st
     return frame, stats
 
 
-def _timestamps(frame: pd.DataFrame) -> pd.Series:
+def interaction_times(frame: pd.DataFrame) -> pd.Series:
     """The `timestamp` column as int64 (numbers as they are, dates as epoch seconds)."""
     if "timestamp" not in frame.columns:
         raise CatalogError("the temporal split needs a timestamp column in interactions.csv; pass --split random")

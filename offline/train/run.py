@@ -29,7 +29,7 @@ from pydantic import Field
 from offline.config import ConfigError, read_yaml
 from offline.data.catalog import load_catalog
 from offline.data.split import SplitConfig, SplitData, split_catalog
-from offline.models import MODELS, ContentFeatures, InteractionGraph, ModelSpec
+from offline.models import MODELS, ContentFeatures, InteractionGraph, ModelSpec, Recommender
 from offline.models.content import ID_ONLY, ContentMode, ContentRecommender
 from offline.train.evaluate import Evaluator, model_vectors, popularity_vectors
 from offline.train.trainer import Checkpoint, FitResult, TrainConfig, train_model
@@ -94,6 +94,7 @@ class Experiment:
 
     spec: ModelSpec
     seed: int
+    model: Recommender
     fit: FitResult
     metrics: dict[str, Any]
     seconds: float
@@ -129,7 +130,7 @@ def run_experiment(
         prior = model.encoder.fusion.prior if model.encoder.fusion is not None else None
         if prior is not None:  # where training moved each view's logit (`attention_prior`)
             metrics["view_prior"] = dict(zip(content.views, prior.tolist(), strict=True))
-    return Experiment(spec, seed, fit, metrics, time.perf_counter() - started)
+    return Experiment(spec, seed, model, fit, metrics, time.perf_counter() - started)
 
 
 def popularity_metrics(split: SplitData, batch_size: int = 4096) -> dict[str, dict[str, float]]:

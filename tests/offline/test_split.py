@@ -9,7 +9,14 @@ import pytest
 from cliper.views import load_views
 from offline.data.catalog import CatalogError, build_catalog, load_catalog
 from offline.config import ConfigError
-from offline.data.split import SplitConfig, SplitData, SplitTooSparse, k_core, split_catalog
+from offline.data.split import (
+    SplitConfig,
+    SplitData,
+    SplitTooSparse,
+    filtered_interactions,
+    k_core,
+    split_catalog,
+)
 
 
 @pytest.fixture(scope="module")
@@ -185,9 +192,7 @@ def test_temporal_split_keeps_the_earliest_duplicate_and_reads_dates() -> None:
     frame = catalog.interactions
     split = split_catalog(catalog, SplitConfig(method="none"))
     assert split.stats["duplicates_dropped"] == 1 and len(split.train) == 2
-    from offline.data.split import _filtered  # the dedup step on its own
-
-    kept, _ = _filtered(catalog, SplitConfig(method="temporal").resolve(catalog))
+    kept, _ = filtered_interactions(catalog, SplitConfig(method="temporal").resolve(catalog))
     assert kept["timestamp"].tolist() == [1704067200, 1704153600]  # y on Jan 1, x on Jan 2 (not Jan 3)
     assert kept["item_id"].tolist() == ["y", "x"] and len(frame) == 3
 
