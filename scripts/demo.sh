@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: synthetic catalog -> CLIP -> features -> CLIPER + FREEDOM -> verified bundle -> service.
+# `make demo`: synthetic catalog -> CLIP -> features -> CLIPER + FREEDOM (evaluate, then refit on every
+# interaction) -> verified bundle -> service.
 # Options (environment variables, all optional):
 #   DATA=DIR             a catalog folder instead of the synthetic one (e.g. movielens100k_posters)
 #   VIEWS=PRESET|FILE    its views (products, movies, or a YAML file)

@@ -5,6 +5,8 @@ from typing import Annotated
 
 import typer
 
+from offline.data.split import EvaluationSplit
+
 NAME = "bench"
 
 
@@ -29,6 +31,10 @@ def command(
     ] = None,
     max_epochs: Annotated[int | None, typer.Option("--max-epochs", help="epoch cap per run (default 200)")] = None,
     patience: Annotated[int | None, typer.Option("--patience", help="early-stopping patience (default 10)")] = None,
+    split: Annotated[
+        EvaluationSplit | None,
+        typer.Option("--split", help="temporal, random (MMRec's protocol) or auto: temporal when there are timestamps"),
+    ] = None,
     ablation: Annotated[bool, typer.Option(help="per-view ablation of the best multi-modal backbone")] = True,
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML of BenchConfig fields (split, train, tau, ...)")
@@ -41,6 +47,8 @@ def command(
     settings = read_yaml(config) if config is not None else {}
     train = {**settings.get("train", {}), "epochs": max_epochs, "patience": patience}
     settings["train"] = {key: value for key, value in train.items() if value is not None}
+    if split is not None:
+        settings["split"] = {**settings.get("split", {}), "method": split}
     cli = {
         "data": data,
         "out": out,

@@ -60,6 +60,7 @@ def test_bench_command_writes_report(tmp_path) -> None:
     app.command()(bench_command.command)
     args = ["--data", str(catalog), "--features", str(features), "--out", str(out), "--config", str(config)]
     args += ["--models", "bpr,freedom", "--modes", "none,image,attention", "--seeds", "2", "--max-epochs", "3"]
+    args += ["--split", "random"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
 
