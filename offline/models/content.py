@@ -152,9 +152,9 @@ class ContentRecommender(Recommender):
     """A backbone with a content path; its cold rows come from `content_item_vectors`.
 
     A warm item's vector has a half learned from interactions (`id_part`: an ID embedding,
-    possibly propagated) that a new item lacks. Every time the model enters eval mode (once
-    after training: validation ranks warm items without it, see `warm_vectors`), the cold map
-    is refitted on the warm items (`calibrate`), in three steps:
+    possibly propagated) that a new item lacks. When the model enters eval mode with weights
+    the map was not fitted to (once after training: validation ranks warm items without it, see
+    `warm_vectors`), the cold map is refitted on the warm items (`calibrate`), in three steps:
 
     1. The ID half is estimated by a ridge regression from the item's content (the backbone's
        modalities with weighted views side by side, `ContentEncoder.map_input`). Its strength
@@ -213,6 +213,8 @@ class ContentRecommender(Recommender):
         self.register_buffer("id_map_bias", torch.zeros(hparams.embedding_size))
         self.register_buffer("cold_center", torch.zeros(self.vector_size))
         self.register_buffer("cold_scale", torch.ones(()))
+        # Saved with the weights: a checkpoint written after `calibrate` loads with its map as is.
+        self.register_buffer("cold_map_fitted", torch.zeros((), dtype=torch.bool))
         self.cold_ridge: float | None = None  # the strength `calibrate` chose
 
     @property
@@ -303,11 +305,15 @@ class ContentRecommender(Recommender):
         self.id_map_bias.copy_(bias)
         self.cold_center.copy_(trained.mean(dim=0))
         self.cold_scale.copy_(centred_score_norm(users, trained) / centred_score_norm(users, held_out))
+        self.cold_map_fitted.fill_(True)
 
     def train(self, mode: bool = True) -> "ContentRecommender":
-        """Switching to eval mode refits the cold-start map to the current weights."""
+        """Training makes the cold-start map stale; switching to eval mode refits a stale map to
+        the current weights (loading weights saved before `calibrate` makes it stale too)."""
         super().train(mode)
-        if not mode:
+        if mode:
+            self.cold_map_fitted.fill_(False)
+        elif not self.cold_map_fitted:
             self.calibrate()
         return self
 

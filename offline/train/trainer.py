@@ -17,7 +17,7 @@ from offline.config import StrictModel
 from offline.models import ContentFeatures, InteractionGraph, ModelSpec, Recommender, build_model
 from offline.train.evaluate import VALID_METRIC, Evaluator, warm_vectors
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: saved again after training with the fitted cold map (and its flag)
 
 
 class TrainConfig(StrictModel):
@@ -135,7 +135,10 @@ def load_checkpoint(
     """Rebuild the model a checkpoint was saved from (same split and features) with its weights."""
     state = torch.load(path, map_location=device, weights_only=True)
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: unsupported checkpoint format {state.get('format')!r}")
+        raise ValueError(
+            f"{path}: checkpoint format {state.get('format')!r}, this version reads {CHECKPOINT_FORMAT}; "
+            "train the run again"
+        )
     spec = ModelSpec.model_validate(state["spec"])
     model = build_model(spec, graph, content).to(device)
     model.load_state_dict(state["state_dict"])
@@ -179,7 +182,8 @@ def fit(
     description: str = "train",
 ) -> FitResult:
     """Train until validation Recall@20 stops improving for `patience` epochs; the model ends
-    with its best weights (also written to `checkpoint` at every improvement).
+    with its best weights in eval mode (cold map fitted), written to `checkpoint` at every
+    improvement and, at the end, with the fitted map, so export serves what evaluation measured.
 
     Without an `evaluator` (a refit on every interaction) it trains exactly `config.epochs`
     epochs, the count validation chose, and keeps the last weights.
@@ -218,8 +222,8 @@ def fit(
     else:
         model.load_state_dict(best_state)
     model.eval()
-    if evaluator is None and checkpoint is not None:
-        checkpoint.save(model, config.epochs, {})
+    if checkpoint is not None:
+        checkpoint.save(model, result.best_epoch, result.best_valid)
     return result
 
 

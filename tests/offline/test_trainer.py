@@ -88,6 +88,35 @@ def test_checkpoint_reloads_to_identical_scores(name, mode, split, content, tmp_
     assert Evaluator(split).evaluate_valid(model_vectors(reloaded)) == result.best_valid
 
 
+@pytest.mark.parametrize("with_validation", [True, False])
+def test_checkpoint_holds_the_fitted_cold_map_and_loads_without_refitting(
+    with_validation, split, content, tmp_path, monkeypatch
+) -> None:
+    """Export must serve exactly the cold map evaluation measured (issue 14, item 12)."""
+    from offline.models.content import ContentRecommender
+    from offline.train.trainer import Checkpoint
+
+    spec = ModelSpec(name="freedom", hparams={"learning_rate": 0.01})
+    graph = InteractionGraph.from_split(split)
+    path = tmp_path / "checkpoint.pt"
+    evaluator = Evaluator(split) if with_validation else None  # a refit has no validation
+    model, _ = train_model(spec, graph, content, evaluator, FAST, 0, Checkpoint(path, spec), progress=False)
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    assert bool(saved["cold_map_fitted"]) and saved["id_map_weight"].abs().sum() > 0
+    for name in ("id_map_weight", "id_map_bias", "cold_center", "cold_scale"):
+        torch.testing.assert_close(saved[name], getattr(model, name), rtol=0, atol=0)
+
+    def refit(self) -> None:
+        raise AssertionError("loading a checkpoint refitted the cold map")
+
+    monkeypatch.setattr(ContentRecommender, "calibrate", refit)
+    reloaded, _ = load_checkpoint(path, graph, content)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.item_vectors(), model.item_vectors(), rtol=0, atol=0)
+    with pytest.raises(AssertionError, match="refitted"):  # more training makes the map stale again
+        reloaded.train().eval()
+
+
 def test_train_command_writes_the_run_folder(tmp_path) -> None:
     catalog = WORLD.write_catalog(tmp_path / "catalog")
     features = WORLD.write_features(tmp_path / "features")
