@@ -2,8 +2,9 @@
 
 Start-up order: read and verify the bundle, load and warm up the ONNX encoders, open the
 store, re-encode items stored by an older model, apply the store's logs to the index and the
-users, connect the cache. The app is ready (see /health/ready) once all of that is done and the
-cache answers. Each worker process (`--workers N`) runs all of this for itself.
+users, connect the cache. The app is ready (see /health/ready) once all of that is done; a cache
+that does not answer makes it `degraded`, not unready. Each worker process (`--workers N`) runs
+all of this for itself.
 """
 
 import asyncio
@@ -82,6 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # latency. Freezing them keeps them out of every later collection.
     gc.collect()
     gc.freeze()
+    await cache.problem()  # a Redis down at start-up is logged and shows in cliper_cache_up at once
     services.items.start()
     services.recommender.searcher.start()
     app.state.services = services

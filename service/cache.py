@@ -3,7 +3,8 @@
 Keys carry the bundle version and the user's interaction generation, so a vector cached before
 a new bundle or a new interaction is never read again (it just expires). With Redis down the
 cache answers "miss" and the service computes vectors itself; every failure is counted and the
-first one logged; Redis is skipped for `retry_s`, then tried again.
+first one logged; Redis is skipped for `retry_s`, then tried again. The `cliper_cache_up` gauge
+is 0 from a failure until Redis answers again.
 """
 
 import logging
@@ -42,7 +43,7 @@ class UserVectorCache(ABC):
 
     @abstractmethod
     async def problem(self) -> str | None:
-        """None when the cache is usable, else why not (for the readiness check)."""
+        """None when the cache is usable, else why not (reported by the readiness check)."""
 
     async def close(self) -> None:
         return None
@@ -136,12 +137,14 @@ class RedisCache(UserVectorCache):
         self._skip_until = time.monotonic() + self._retry_s
         if not self._down:
             self._down = True
+            self._metrics.cache_up.set(0)
             log.warning("Redis at %s failed (%s); serving without the cache, retrying every %.1fs",
                         self._url, exc, self._retry_s)
 
     def _recovered(self) -> None:
         if self._down:
             self._down = False
+            self._metrics.cache_up.set(1)
             log.info("Redis at %s answers again; using the cache", self._url)
 
 

@@ -19,7 +19,8 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
-    """Per-stage latency, cache hits and misses, Redis errors, encoder and store batch sizes, index size."""
+    """Per-stage latency, cache hits and misses, Redis errors and cache state, encoder and store
+    batch sizes, index size."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -31,6 +32,11 @@ class Metrics:
             "cliper_cache_requests", "User-vector cache look-ups", ["result"], registry=self.registry
         )
         self.redis_errors = Counter("cliper_redis_errors", "Failed Redis calls", registry=self.registry)
+        # livemin: with several workers, 0 as soon as any live one serves without its cache
+        self.cache_up = Gauge(
+            "cliper_cache_up", "1 while the user-vector cache answers; 0 while requests are served without it",
+            registry=self.registry, multiprocess_mode="livemin",
+        )
         self.batch_size = Histogram(
             "cliper_encode_batch_size", "Items per encoder micro-batch",
             buckets=_BATCH_BUCKETS, registry=self.registry,
@@ -45,6 +51,7 @@ class Metrics:
             "cliper_recommendations", "Recommendation requests", ["source"], registry=self.registry
         )
         self._stages = {stage: self.stage_seconds.labels(stage) for stage in STAGES}
+        self.cache_up.set(1)
         for result in ("hit", "miss"):
             self.cache_requests.labels(result)
 

@@ -1,4 +1,10 @@
-"""Liveness (the process answers) and readiness (bundle verified, encoders warm, cache usable)."""
+"""Liveness (the process answers) and readiness (bundle verified, encoders warm: requests can be served).
+
+The user-vector cache is not a condition of readiness: without it (Redis down) every request is
+still answered, only with the vector computed in process, so a shared-cache outage must not take
+every replica out of a load balancer's rotation. Readiness then says `degraded` (200) and names
+the cache's problem; `cliper_cache_up` is 0 in /metrics.
+"""
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -15,7 +21,7 @@ async def live() -> Health:
 
 @router.get("/ready", response_model=Health, responses={503: {"model": Health}})
 async def ready(request: Request) -> Health | JSONResponse:
-    """200 when requests can be served as configured; 503 with the failing check otherwise."""
+    """200 once start-up is done (`degraded` while the cache is unusable); 503 before."""
     services = getattr(request.app.state, "services", None)
     if services is None:
         return JSONResponse(Health(status="not ready", checks={"startup": "not finished"}).model_dump(), 503)
@@ -24,8 +30,6 @@ async def ready(request: Request) -> Health | JSONResponse:
         "bundle": f"verified {services.bundle_version}" if services.settings.verify_bundle
         else f"loaded {services.bundle_version} (checksums not verified)",
         "encoders": f"warm on {services.encoder.providers[0]}",
-        "cache": problem or f"{services.cache.kind} ok",
+        "cache": f"degraded: {problem}; serving without the cache" if problem else f"{services.cache.kind} ok",
     }
-    if problem:
-        return JSONResponse(Health(status="not ready", checks=checks).model_dump(), 503)
-    return Health(status="ready", checks=checks)
+    return Health(status="degraded" if problem else "ready", checks=checks)

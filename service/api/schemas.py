@@ -106,5 +106,7 @@ class InteractionsRecorded(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["alive", "ready", "not ready"]
+    status: Literal["alive", "ready", "degraded", "not ready"] = Field(
+        description="`degraded`: ready, but a part that only speeds requests up (the cache) is down"
+    )
     checks: dict[str, str] = {}

@@ -1,5 +1,6 @@
 """Shared fixtures of the service tests: one real bundle per session, a fresh app per test."""
 
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -8,6 +9,7 @@ from typing import Any
 import pytest
 from bundle_factory import FactoryBundle, build_bundle
 from fastapi.testclient import TestClient
+from service_testing import RedisServer
 
 from service.app import create_app
 from service.config import Settings
@@ -48,3 +50,14 @@ def make_client(make_settings: Callable[..., Settings]) -> ClientFactory:
 def client(make_client: ClientFactory) -> Iterator[TestClient]:
     with make_client() as client:
         yield client
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server (killed with `stop()`, restarted on its port with `start()`)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()

@@ -1,8 +1,10 @@
 """Liveness, readiness, Prometheus metrics, OpenAPI docs."""
 
+import time
+
 from bundle_factory import FactoryBundle, prototype_item
 from fastapi.testclient import TestClient
-from service_testing import item_body
+from service_testing import RedisServer, item_body
 
 from service.api.schemas import Recommendations
 from service.app import create_app
@@ -28,6 +30,35 @@ def test_ready_is_503_before_start_up() -> None:
     response = client.get("/health/ready")
     assert response.status_code == 503 and response.json()["checks"] == {"startup": "not finished"}
     assert client.get("/health/live").status_code == 200
+
+
+def test_ready_while_redis_is_down(make_client, redis_server: RedisServer) -> None:
+    """The cache is an optimisation: without Redis every request is still served, so readiness
+    stays 200 (a load balancer keeps the replica) and says the cache is degraded."""
+    with make_client(redis_url=redis_server.url, redis_retry_s=0.2, redis_timeout_s=0.2) as client:
+        up = client.get("/health/ready")
+        assert up.status_code == 200 and up.json()["status"] == "ready"
+        assert up.json()["checks"]["cache"] == "redis ok" and samples(client)["cliper_cache_up"] == 1
+        redis_server.stop()
+        for _ in range(3):
+            probe = client.get("/health/ready")
+            assert probe.status_code == 200, probe.text
+            assert probe.json()["status"] == "degraded"
+            assert probe.json()["checks"]["cache"].startswith("degraded: ") and "unreachable" in probe.text
+            assert client.get("/users/user-001/recommendations").status_code == 200
+        assert samples(client)["cliper_cache_up"] == 0
+        redis_server.start()  # same port, a fresh server: pooled connections to the old one are dead
+        time.sleep(0.3)  # past redis_retry_s
+        probes = [client.get("/health/ready").json() for _ in range(3)]
+        assert [probe["status"] for probe in probes] == ["ready"] * 3, probes  # no flap after recovery
+        assert samples(client)["cliper_cache_up"] == 1
+
+
+def test_a_redis_down_at_start_up_shows_at_once(make_client) -> None:
+    nobody = RedisServer()  # a free port, never started
+    with make_client(redis_url=nobody.url, redis_timeout_s=0.2) as client:
+        assert samples(client)["cliper_cache_up"] == 0  # before any probe or request
+        assert client.get("/health/ready").json()["status"] == "degraded"
 
 
 def test_metrics_cover_every_stage(client: TestClient, factory: FactoryBundle) -> None:
