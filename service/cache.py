@@ -1,7 +1,8 @@
 """User-vector cache: Redis when a URL is set, else an in-process LRU; both with a TTL.
 
-Keys carry the bundle version and the user's interaction generation, so a vector cached before
-a new bundle or a new interaction is never read again (it just expires). With Redis down the
+Keys carry the bundle version, the store's identity and the user's interaction generation, so a
+vector cached before a new bundle, a new interaction or a wiped data dir (whose new store counts
+interactions from 0 again) is never read again (it just expires). With Redis down the
 cache answers "miss" and the service computes vectors itself; every failure is counted and the
 first one logged; Redis is skipped for `retry_s`, then tried again. The `cliper_cache_up` gauge
 is 0 from a failure until Redis answers again.
@@ -23,8 +24,8 @@ from service.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
-def cache_key(bundle_version: str, user_id: str, generation: int) -> str:
-    return f"cliper:{bundle_version}:user:{user_id}:{generation}"
+def cache_key(bundle_version: str, store_id: str, user_id: str, generation: int) -> str:
+    return f"cliper:{bundle_version}:{store_id}:user:{user_id}:{generation}"
 
 
 class UserVectorCache(ABC):

@@ -53,6 +53,7 @@ class Recommender:
         self.metrics = metrics
         self.bundle_version = bundle_version
         self.offload_search = offload_search
+        self.store_id = store.identity()
         self.searcher: MicroBatcher[tuple[np.ndarray, int], tuple[np.ndarray, np.ndarray]] = MicroBatcher(
             self._search_batch, max_size=search_batch_size, max_wait_s=0.0
         )
@@ -88,7 +89,7 @@ class Recommender:
                 "ingest them first or drop them", unknown_item_ids=unknown,
             )
         vectors = self.index.vectors(rows)
-        old_key = cache_key(self.bundle_version, user_id, self.users.generation(user_id))
+        old_key = self._cache_key(user_id)
         stored = [StoredInteraction(user_id, item_id, vector, self.bundle_version)
                   for item_id, vector in zip(item_ids, vectors, strict=True)]
         with self.metrics.timed("store"):
@@ -99,7 +100,7 @@ class Recommender:
         return self.users.generation(user_id)
 
     async def _user_vector(self, user_id: str) -> tuple[np.ndarray, bool]:
-        key = cache_key(self.bundle_version, user_id, self.users.generation(user_id))
+        key = self._cache_key(user_id)
         with self.metrics.timed("cache"):
             cached = await self.cache.get(key)
         if cached is not None and cached.shape != (self.users.dim,):  # written by something else
@@ -111,6 +112,9 @@ class Recommender:
         with self.metrics.timed("cache"):
             await self.cache.set(key, vector)
         return vector, False
+
+    def _cache_key(self, user_id: str) -> str:
+        return cache_key(self.bundle_version, self.store_id, user_id, self.users.generation(user_id))
 
     def _seen_rows(self, user_id: str) -> set[int]:
         return self.index.rows_of(self.users.seen_item_ids(user_id))

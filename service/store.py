@@ -8,13 +8,16 @@ number: each worker process applies both logs, in order, to its own copy of the 
 the users (`service.follower`), at start-up and whenever another process wrote.
 Conflicts (an existing id, a missing id) are decided inside the write transaction, so two
 processes cannot both create one item. Item images are kept so items can be re-encoded when a
-new bundle (another model) is deployed over the same data dir.
+new bundle (another model) is deployed over the same data dir. Each database gets a random
+identity when it is created (`identity`), so what others keep about it (cached user vectors)
+is not mistaken for the state of a new database in a wiped data dir.
 """
 
 import fcntl
 import json
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -116,8 +119,14 @@ class Store:
             elif found is not None and int(found[0]) != SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path}: schema version {found[0]}, this service uses {SCHEMA_VERSION}")
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+            self._identity = self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
         self._log_reader = _connect(self.path)
         self._seen_data_version: int | None = None
+
+    def identity(self) -> str:
+        """A random id given to this database when it was created (a wiped data dir gets a new one)."""
+        return self._identity
 
     def put_item(self, item: StoredItem, in_bundle: bool, replace: bool) -> bool:
         """Insert or replace one item (its image is required) and log it; returns whether it

@@ -9,6 +9,7 @@ import pytest
 import redis
 from service_testing import RedisServer
 
+from cliper.bundle import read_bundle
 from service.cache import LruCache, cache_key
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
@@ -34,9 +35,9 @@ def test_hits_misses_ttl_and_keys_in_redis(make_client, factory) -> None:
     except redis.ConnectionError:
         pytest.skip("no Redis at 127.0.0.1:6379 (run scripts/ensure_redis.sh)")
     user = "user-003"
-    key = cache_key(factory.manifest.bundle_version, user, 0)
-    shared.delete(key)
     with make_client(redis_url="redis://127.0.0.1:6379/0", cache_ttl_s=120) as client:
+        store_id = client.app.state.services.store.identity()  # a fresh data dir: a new store
+        key = cache_key(factory.manifest.bundle_version, store_id, user, 0)
         assert client.get("/health/ready").json()["checks"]["cache"] == "redis ok"
         first, second = recommend(client, user), recommend(client, user)
         assert (first["from_cache"], second["from_cache"]) == (False, True)
@@ -49,7 +50,7 @@ def test_hits_misses_ttl_and_keys_in_redis(make_client, factory) -> None:
         assert shared.get(key) is None  # invalidated
         assert recommend(client, user)["from_cache"] is False
         assert recommend(client, user)["from_cache"] is True
-    shared.delete(key, cache_key(factory.manifest.bundle_version, user, 1))
+    shared.delete(key, cache_key(factory.manifest.bundle_version, store_id, user, 1))
 
 
 def test_service_keeps_answering_while_redis_is_down(make_client, redis_server: RedisServer) -> None:
@@ -69,6 +70,30 @@ def test_service_keeps_answering_while_redis_is_down(make_client, redis_server: 
         assert recommend(client, user)["from_cache"] is False
         assert recommend(client, user)["from_cache"] is True
         assert client.get("/health/ready").status_code == 200
+
+
+def test_a_wiped_data_dir_is_not_served_the_old_vectors(make_client, make_settings, factory,
+                                                         redis_server: RedisServer) -> None:
+    """Keys carry the user's interaction count; after the data dir is wiped (Redis kept) the count
+    starts again at 0, so without the store's identity in the key the old life's vector is read."""
+    user = "user-005"
+    bundle = read_bundle(factory.path)
+    row = bundle.user_ids.index(user)
+    n0 = len(factory.seen[user])
+    before, after = (next(item for item in factory.items if item.cluster == c) for c in (0, 2))
+    with make_client(redis_url=redis_server.url) as client:
+        assert client.post(f"/users/{user}/interactions", json={"item_ids": [before.item_id]}).status_code == 201
+        assert [recommend(client, user)["from_cache"] for _ in range(2)] == [False, True]
+    shutil.rmtree(make_settings().resolved_data_dir)
+    with make_client(redis_url=redis_server.url) as client:
+        assert client.post(f"/users/{user}/interactions", json={"item_ids": [after.item_id]}).status_code == 201
+        body = recommend(client, user)
+        assert body["from_cache"] is False, "the vector cached before the wipe was served"
+        item_vector = np.array(client.get(f"/items/{after.item_id}", params={"include_vector": True}).json()["vector"])
+        expected = (n0 * bundle.user_vectors[row] + item_vector) / (n0 + 1)
+        top = body["items"][0]
+        top_vector = client.get(f"/items/{top['item_id']}", params={"include_vector": True}).json()["vector"]
+        np.testing.assert_allclose(top["score"], np.dot(top_vector, expected), rtol=1e-4)
 
 
 def test_embedded_lru_expires_and_evicts() -> None:

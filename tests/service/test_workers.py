@@ -106,6 +106,14 @@ def test_a_schema_1_store_is_migrated_with_its_log_rebuilt(tmp_path: Path) -> No
     np.testing.assert_array_equal(changes[1].vector, np.full(4, 2, dtype=np.float32))
 
 
+def test_the_store_keeps_the_identity_it_was_created_with(tmp_path: Path) -> None:
+    first = Store(tmp_path / "a")
+    identity = first.identity()
+    first.close()
+    assert Store(tmp_path / "a").identity() == identity  # reopened (a restart, another worker)
+    assert Store(tmp_path / "b").identity() != identity  # another (or a wiped) data dir
+
+
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     Store(tmp_path).close()
     with sqlite3.connect(tmp_path / "service.sqlite3") as db:
