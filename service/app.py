@@ -49,7 +49,7 @@ def build_services(settings: Settings, cache: UserVectorCache, metrics: Metrics)
     encoder.warm_up()
     index = ItemIndex(bundle.index, bundle.item_ids, bundle.item_vectors, settings.search_threads)
     index.search(bundle.item_vectors[:1], 10)  # warm-up
-    store = Store(settings.resolved_data_dir)
+    store = Store(settings.resolved_data_dir, settings.idempotency_ttl_s)
     users = UserState(bundle)
     popularity = Popularity(bundle, index)
     follower = StoreFollower(store, index, users, popularity, metrics, version)

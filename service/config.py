@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.idempotency import DEFAULT_TTL_S as DEFAULT_IDEMPOTENCY_TTL_S
+
 DEFAULT_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
@@ -27,6 +29,10 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(3600, ge=1, description="lifetime of a cached user vector")
     cache_max_entries: int = Field(100_000, ge=1, description="size of the in-process LRU cache")
     api_key: SecretStr | None = Field(None, description="required in X-API-Key by write endpoints when set")
+    idempotency_ttl_s: float = Field(
+        DEFAULT_IDEMPOTENCY_TTL_S, gt=0,
+        description="how long a write's Idempotency-Key is kept (a retry with it replays the first reply)",
+    )
     providers: Annotated[list[str], NoDecode] = Field(
         DEFAULT_PROVIDERS, description="ONNX Runtime providers in order of preference (comma-separated)"
     )

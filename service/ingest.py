@@ -5,25 +5,31 @@ batching), encoded in a micro-batch with concurrent requests, persisted (items t
 store together share one transaction, so one disk sync), and only then added to the index (by
 the store follower): when the client gets its 201 the item is durable and a recommendation
 candidate in every worker process.
+
+A write's reply is made inside its store transaction and kept there with its idempotency key,
+if any (`service.idempotency`). Its `index_size` is the size this worker's index reaches with
+the write, as counted when it wrote (a figure concurrent writers may move on at once).
 """
 
 import asyncio
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 import numpy as np
 from tqdm import tqdm
 
 from service.batcher import MicroBatcher
 from service.encoders import ItemEncoder, PreparedItem
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, NotFound, ServiceError
 from service.follower import StoreFollower
+from service.idempotency import IdempotentRequest, Reply
 from service.index import ItemIndex
 from service.metrics import Metrics
-from service.store import ItemWrite, Store, StoredItem
+from service.store import ItemWrite, Store, StoredItem, WriteTransaction
 
 log = logging.getLogger(__name__)
 ITEMS_PER_TRANSACTION = 64  # most items one store write takes from the queue
@@ -31,9 +37,29 @@ ITEMS_PER_TRANSACTION = 64  # most items one store write takes from the queue
 
 @dataclass
 class Ingested:
+    """The body of an ingestion's reply."""
+
     item_id: str
     index_size: int
+    bundle_version: str
     replaced: bool
+
+
+@dataclass
+class Withdrawn:
+    """The body of a withdrawal's reply."""
+
+    item_id: str
+    index_size: int
+    bundle_version: str
+
+
+@dataclass
+class PendingWrite:
+    """An encoded item on its way to the store, with the request's idempotency key if it had one."""
+
+    write: ItemWrite
+    once: IdempotentRequest | None
 
 
 @dataclass
@@ -71,7 +97,7 @@ class ItemService:
             self.encoder.encode, max_batch_size, max_batch_wait_s
         )
         # no wait: items that arrive while a transaction syncs go together in the next one
-        self.writer: MicroBatcher[ItemWrite, bool | Conflict] = MicroBatcher(
+        self.writer: MicroBatcher[PendingWrite, Reply | ServiceError] = MicroBatcher(
             self._write, max_size=ITEMS_PER_TRANSACTION, max_wait_s=0.0
         )
 
@@ -83,19 +109,22 @@ class ItemService:
         await self.batcher.stop()
         await self.writer.stop()
 
-    async def ingest(self, item_id: str, fields: Mapping[str, str], image: bytes, replace: bool) -> Ingested:
-        """Encode, persist and index one item; `Conflict` when it exists and `replace` is off."""
+    async def ingest(self, item_id: str, fields: Mapping[str, str], image: bytes, replace: bool,
+                     once: IdempotentRequest | None = None) -> Reply:
+        """Encode, persist and index one item (201 and an `Ingested` body); `Conflict` when it
+        exists and `replace` is off."""
         self.follower.catch_up()
         self._check_absent(item_id, replace)  # early, to spare the encoders; the store decides
         prepared = await asyncio.to_thread(self._prepare, fields, image)
         vector = await self.batcher.submit(prepared)
         stored = StoredItem(item_id, dict(fields), vector, self.bundle_version, datetime.now(UTC), image)
         with self.metrics.timed("store"):
-            replaced = await self.writer.submit(ItemWrite(stored, item_id in self._bundle_ids, replace))
-        if isinstance(replaced, Conflict):
-            raise replaced
+            write = ItemWrite(stored, item_id in self._bundle_ids, replace)
+            reply = await self.writer.submit(PendingWrite(write, once))
+        if isinstance(reply, ServiceError):
+            raise reply
         self.follower.catch_up()
-        return Ingested(item_id, self.index.size, replaced)
+        return reply
 
     async def get(self, item_id: str) -> ItemInfo:
         self.follower.catch_up()
@@ -108,12 +137,12 @@ class ItemService:
             return ItemInfo(item_id, "bundle", None, None, vector)
         return ItemInfo(item_id, "ingested", stored.fields, stored.created_at, vector)
 
-    async def delete(self, item_id: str) -> int:
-        """Withdraw an item: it is no longer recommended; returns the index size."""
+    async def delete(self, item_id: str, once: IdempotentRequest | None = None) -> Reply:
+        """Withdraw an item: it is no longer recommended (200 and a `Withdrawn` body)."""
         with self.metrics.timed("store"):
-            await asyncio.to_thread(self.store.delete_item, item_id, item_id in self._bundle_ids)
+            reply = await asyncio.to_thread(self._delete, item_id, once)
         self.follower.catch_up()
-        return self.index.size
+        return reply
 
     def reencode_stale(self) -> None:
         """Re-encode items stored under another bundle version (their vectors belong to another
@@ -132,9 +161,37 @@ class ItemService:
                 item.bundle_version = self.bundle_version
                 self.store.put_item(item, in_bundle=item.item_id in self._bundle_ids, replace=True)
 
-    def _write(self, writes: list[ItemWrite]) -> list[bool | Conflict]:
-        self.metrics.store_batch_size.observe(len(writes))
-        return self.store.put_items(writes)
+    def _write(self, pending: list[PendingWrite]) -> list[Reply | ServiceError]:
+        """One transaction for the batch; per item its reply, or the error that kept it out."""
+        self.metrics.store_batch_size.observe(len(pending))
+        size = self.index.size
+        results: list[Reply | ServiceError] = []
+        with self.store.transaction() as tx:
+            for entry in pending:
+                try:
+                    reply = tx.once(entry.once, partial(self._put, tx, entry.write, size))
+                except ServiceError as exc:
+                    results.append(exc)
+                    continue
+                if not reply.replayed:
+                    size = reply.body["index_size"]
+                results.append(reply)
+        return results
+
+    def _put(self, tx: WriteTransaction, write: ItemWrite, index_size: int) -> Reply:
+        replaced = tx.put_item(write)
+        if isinstance(replaced, Conflict):
+            raise replaced
+        size = index_size if replaced else index_size + 1
+        return Reply(201, asdict(Ingested(write.item.item_id, size, self.bundle_version, replaced)))
+
+    def _delete(self, item_id: str, once: IdempotentRequest | None) -> Reply:
+        with self.store.transaction() as tx:
+            return tx.once(once, partial(self._withdraw, tx, item_id))
+
+    def _withdraw(self, tx: WriteTransaction, item_id: str) -> Reply:
+        tx.delete_item(item_id, item_id in self._bundle_ids)
+        return Reply(200, asdict(Withdrawn(item_id, self.index.size - 1, self.bundle_version)))
 
     def _prepare(self, fields: Mapping[str, str], image: bytes) -> PreparedItem:
         return self.encoder.prepare(fields, self.encoder.decode(image))

@@ -6,7 +6,8 @@ How user vectors follow interactions (the fold-in rule) is in `service/users.py`
 import asyncio
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 
@@ -14,10 +15,11 @@ from service.batcher import MicroBatcher
 from service.cache import UserVectorCache, cache_key
 from service.errors import BadInput
 from service.follower import StoreFollower
+from service.idempotency import IdempotentRequest, Reply
 from service.index import ItemIndex
 from service.metrics import Metrics
 from service.popularity import Popularity
-from service.store import Store, StoredInteraction
+from service.store import Store, StoredInteraction, WriteTransaction
 from service.users import UserState
 
 
@@ -26,6 +28,16 @@ class Recommendation:
     items: list[tuple[str, float]]
     from_cache: bool
     fallback: bool
+
+
+@dataclass
+class Recorded:
+    """The body of an interactions reply."""
+
+    user_id: str
+    recorded: int
+    interactions_since_bundle: int
+    bundle_version: str
 
 
 class Recommender:
@@ -78,9 +90,11 @@ class Recommender:
         self.metrics.recommendations.labels("model").inc()
         return Recommendation(items, from_cache=from_cache, fallback=False)
 
-    async def record(self, user_id: str, item_ids: Sequence[str]) -> int:
-        """Persist interactions, then fold them in; returns the user's interactions since the bundle."""
+    async def record(self, user_id: str, item_ids: Sequence[str], once: IdempotentRequest | None = None) -> Reply:
+        """Persist interactions, then fold them in (201 and a `Recorded` body). An item named
+        twice in one call is one interaction: seen once, folded in once."""
         self.follower.catch_up()
+        item_ids = list(dict.fromkeys(item_ids))
         rows = [self.index.row_of(item_id) for item_id in item_ids]
         unknown = sorted({item_id for item_id, row in zip(item_ids, rows, strict=True) if row is None})
         if unknown:
@@ -93,11 +107,20 @@ class Recommender:
         stored = [StoredInteraction(user_id, item_id, vector, self.bundle_version)
                   for item_id, vector in zip(item_ids, vectors, strict=True)]
         with self.metrics.timed("store"):
-            await asyncio.to_thread(self.store.add_interactions, stored)
+            reply = await asyncio.to_thread(self._store, user_id, stored, once)
         self.follower.catch_up()
         with self.metrics.timed("cache"):
             await self.cache.delete(old_key)
-        return self.users.generation(user_id)
+        return reply
+
+    def _store(self, user_id: str, rows: list[StoredInteraction], once: IdempotentRequest | None) -> Reply:
+        with self.store.transaction() as tx:
+            return tx.once(once, partial(self._add, tx, user_id, rows))
+
+    def _add(self, tx: WriteTransaction, user_id: str, rows: list[StoredInteraction]) -> Reply:
+        tx.add_interactions(rows)
+        total = tx.interaction_count(user_id)
+        return Reply(201, asdict(Recorded(user_id, len(rows), total, self.bundle_version)))
 
     async def _user_vector(self, user_id: str) -> tuple[np.ndarray, bool]:
         key = self._cache_key(user_id)

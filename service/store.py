@@ -11,14 +11,18 @@ processes cannot both create one item. Item images are kept so items can be re-e
 new bundle (another model) is deployed over the same data dir. Each database gets a random
 identity when it is created (`identity`), so what others keep about it (cached user vectors)
 is not mistaken for the state of a new database in a wiped data dir.
+
+Writes go through `Store.transaction()`, a `WriteTransaction` whose changes commit together; it
+also keeps idempotency keys with their replies (`service.idempotency`) in the same commit.
 """
 
 import fcntl
 import json
 import sqlite3
 import threading
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from service.errors import Conflict, NotFound
+from service.idempotency import DEFAULT_TTL_S, IdempotentRequest, KeyReused, Reply
 
 SCHEMA_VERSION = 2
 _ITEM_COLUMNS = "item_id, fields, vector, bundle_version, created_at"
@@ -41,8 +46,14 @@ CREATE TABLE IF NOT EXISTS interactions (
     vector BLOB NOT NULL, bundle_version TEXT NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS item_changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, item_id TEXT NOT NULL, vector BLOB, bundle_version TEXT,
-    created_at TEXT NOT NULL)
+    created_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS interactions_by_user ON interactions (user_id);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status INTEGER NOT NULL, body TEXT NOT NULL,
+    created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at)
 """
+PURGE_PER_KEY = 2  # expired keys deleted with each key stored: the table never outgrows the live ones by much
 # schema 1 had no item_changes log: it is rebuilt from the live tables (deletions, then items)
 _MIGRATE_FROM_1 = """
 INSERT INTO item_changes (item_id, vector, bundle_version, created_at)
@@ -102,9 +113,10 @@ class Store:
     `data_version` on it tells cheaply whether any connection has committed since it last looked.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, idempotency_ttl_s: float = DEFAULT_TTL_S) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / "service.sqlite3"
+        self._idempotency_ttl_s = idempotency_ttl_s
         self._lock = threading.Lock()
         self._db = _connect(self.path)
         with self._lock, self._db:
@@ -139,29 +151,33 @@ class Store:
     def put_items(self, writes: Sequence[ItemWrite]) -> list[bool | Conflict]:
         """`put_item` for several items in one transaction, in order; per item, whether it
         replaced a live item or the `Conflict` that kept it out (the others are written)."""
-        for write in writes:
-            if write.item.image is None:
-                raise ValueError(f"item {write.item.item_id!r}: the image must be stored with the item")
-        with self._write() as db:
-            return [self._put(db, write) for write in writes]
+        with self.transaction() as tx:
+            return [tx.put_item(write) for write in writes]
 
     def delete_item(self, item_id: str, in_bundle: bool) -> None:
         """Withdraw a live item (ingested or from the bundle) and log it; `NotFound` otherwise."""
-        with self._write() as db:
-            if not self._is_live(db, item_id, in_bundle):
-                raise NotFound(f"item {item_id!r} is not in the catalog (never ingested or already deleted)")
-            db.execute("DELETE FROM items WHERE item_id = ?", (item_id,))
-            db.execute("INSERT OR REPLACE INTO deleted_items VALUES (?, ?)", (item_id, _now()))
-            db.execute("INSERT INTO item_changes (item_id, vector, bundle_version, created_at) "
-                       "VALUES (?, NULL, NULL, ?)", (item_id, _now()))
+        with self.transaction() as tx:
+            tx.delete_item(item_id, in_bundle)
 
     def add_interactions(self, rows: list[StoredInteraction]) -> None:
-        with self._write() as db:
-            db.executemany(
-                "INSERT INTO interactions (user_id, item_id, vector, bundle_version, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(r.user_id, r.item_id, _blob(r.vector), r.bundle_version, _now()) for r in rows],
-            )
+        with self.transaction() as tx:
+            tx.add_interactions(rows)
+
+    @contextmanager
+    def transaction(self) -> Iterator["WriteTransaction"]:
+        """One write transaction: it commits when the `with` body ends, or rolls back on an
+        exception. BEGIN IMMEDIATE takes SQLite's write lock first, so checks made inside it
+        cannot be raced by another process."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield WriteTransaction(self._db, self._idempotency_ttl_s)
+
+    def recall(self, request: IdempotentRequest) -> Reply | None:
+        """The reply remembered under the request's key, None for a key not (or no longer) kept;
+        `KeyReused` when the key came with another request. A look-up only: a write decides again
+        inside its transaction (`WriteTransaction.once`)."""
+        with self._lock:
+            return _recall(self._db, request, self._idempotency_ttl_s)
 
     def get_item(self, item_id: str) -> StoredItem | None:
         with self._lock:
@@ -215,19 +231,44 @@ class Store:
             self._db.close()
             self._log_reader.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; BEGIN IMMEDIATE takes SQLite's write lock first, so checks
-        made inside it cannot be raced by another process."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            yield self._db
 
-    def _put(self, db: sqlite3.Connection, write: ItemWrite) -> bool | Conflict:
+class WriteTransaction:
+    """The changes of one `Store.transaction`: they are all committed together, or none is."""
+
+    def __init__(self, db: sqlite3.Connection, idempotency_ttl_s: float) -> None:
+        self._db = db
+        self._ttl_s = idempotency_ttl_s
+
+    def once(self, request: IdempotentRequest | None, write: Callable[[], Reply]) -> Reply:
+        """`write()`'s reply, remembered under the request's key; or, for a key already used by
+        this request, the reply remembered then, without writing again. `KeyReused` for a key
+        used by another request; nothing is remembered when `write` raises."""
+        if request is None:
+            return write()
+        previous = _recall(self._db, request, self._ttl_s)
+        if previous is not None:
+            return previous
+        reply = write()
+        now = time.time()
+        self._db.execute(
+            "DELETE FROM idempotency_keys WHERE key IN "
+            "(SELECT key FROM idempotency_keys WHERE created_at < ? ORDER BY created_at LIMIT ?)",
+            (now - self._ttl_s, PURGE_PER_KEY),
+        )
+        self._db.execute("INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?, ?)",
+                         (request.key, request.fingerprint, reply.status, json.dumps(reply.body), now))
+        return reply
+
+    def put_item(self, write: ItemWrite) -> bool | Conflict:
+        """Store an item (its image is required) and log it: whether it replaced a live item,
+        or the `Conflict` that kept it out (live, and `replace` off)."""
         item = write.item
-        live = self._is_live(db, item.item_id, write.in_bundle)
+        if item.image is None:
+            raise ValueError(f"item {item.item_id!r}: the image must be stored with the item")
+        live = self._is_live(item.item_id, write.in_bundle)
         if live and not write.replace:
             return Conflict(f"item {item.item_id!r} already exists; send replace=true to replace it")
+        db = self._db
         db.execute("DELETE FROM items WHERE item_id = ?", (item.item_id,))
         db.execute(
             "INSERT INTO items (item_id, fields, image, vector, bundle_version, created_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -239,11 +280,41 @@ class Store:
                    (item.item_id, _blob(item.vector), item.bundle_version, _now()))
         return live
 
-    @staticmethod
-    def _is_live(db: sqlite3.Connection, item_id: str, in_bundle: bool) -> bool:
-        if db.execute("SELECT 1 FROM items WHERE item_id = ?", (item_id,)).fetchone() is not None:
+    def delete_item(self, item_id: str, in_bundle: bool) -> None:
+        """Withdraw a live item (ingested or from the bundle) and log it; `NotFound` otherwise."""
+        if not self._is_live(item_id, in_bundle):
+            raise NotFound(f"item {item_id!r} is not in the catalog (never ingested or already deleted)")
+        self._db.execute("DELETE FROM items WHERE item_id = ?", (item_id,))
+        self._db.execute("INSERT OR REPLACE INTO deleted_items VALUES (?, ?)", (item_id, _now()))
+        self._db.execute("INSERT INTO item_changes (item_id, vector, bundle_version, created_at) "
+                         "VALUES (?, NULL, NULL, ?)", (item_id, _now()))
+
+    def add_interactions(self, rows: Sequence[StoredInteraction]) -> None:
+        self._db.executemany(
+            "INSERT INTO interactions (user_id, item_id, vector, bundle_version, created_at) VALUES (?, ?, ?, ?, ?)",
+            [(r.user_id, r.item_id, _blob(r.vector), r.bundle_version, _now()) for r in rows],
+        )
+
+    def interaction_count(self, user_id: str) -> int:
+        """The user's interactions in the store, these included (every bundle version's)."""
+        return self._db.execute("SELECT COUNT(*) FROM interactions WHERE user_id = ?", (user_id,)).fetchone()[0]
+
+    def _is_live(self, item_id: str, in_bundle: bool) -> bool:
+        if self._db.execute("SELECT 1 FROM items WHERE item_id = ?", (item_id,)).fetchone() is not None:
             return True
-        return in_bundle and db.execute("SELECT 1 FROM deleted_items WHERE item_id = ?", (item_id,)).fetchone() is None
+        return in_bundle and self._db.execute(
+            "SELECT 1 FROM deleted_items WHERE item_id = ?", (item_id,)).fetchone() is None
+
+
+def _recall(db: sqlite3.Connection, request: IdempotentRequest, ttl_s: float) -> Reply | None:
+    row = db.execute("SELECT fingerprint, status, body FROM idempotency_keys WHERE key = ? AND created_at >= ?",
+                     (request.key, time.time() - ttl_s)).fetchone()
+    if row is None:
+        return None
+    fingerprint, status, body = row
+    if fingerprint != request.fingerprint:
+        raise KeyReused(request.key)
+    return Reply(status, json.loads(body), replayed=True)
 
 
 def _connect(path: Path) -> sqlite3.Connection:

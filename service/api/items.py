@@ -2,14 +2,16 @@
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Mapping
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from service.api.deps import ApiKey, ServicesDep
+from service.api.idempotency import IdempotencyKey, as_response, idempotent, replay
 from service.api.multipart import parse_multipart
 from service.api.schemas import Id, ItemCreated, ItemDeleted, ItemFields, ItemIn, ItemOut
 from service.errors import BadInput, UnsupportedMediaType
@@ -46,14 +48,17 @@ _OPENAPI_BODY = {
 async def create_item(
     request: Request,
     services: ServicesDep,
+    key: IdempotencyKey,
     replace: Annotated[bool, Query(description="replace an existing item with this id")] = False,
-) -> ItemCreated:
+) -> Response:
     """Ingest a product: encode its image and text views, persist it, make it a candidate at once."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    image_url = None
     if content_type == "application/json":
         body = await _json_body(request)
         _check_fields(body.fields, services)
-        item_id, fields, image = body.item_id, body.fields, await _json_image(body, services)
+        item_id, fields, image_url = body.item_id, body.fields, body.image_url
+        image = None if image_url is not None else _base64_image(body)
     elif content_type == "multipart/form-data":
         item_id, fields, image = await _from_form(request)
         _check_fields(fields, services)
@@ -61,9 +66,16 @@ async def create_item(
         raise UnsupportedMediaType(
             f"send application/json or multipart/form-data, not {content_type or 'no Content-Type'}"
         )
-    result = await services.items.ingest(item_id, fields, image, replace)
-    return ItemCreated(item_id=result.item_id, index_size=result.index_size,
-                       bundle_version=services.bundle_version, replaced=result.replaced)
+    # the parsed request, not its bytes: JSON or multipart, any boundary, the same item is the same request
+    picture = {"image_url": image_url} if image is None else {"image_sha256": hashlib.sha256(image).hexdigest()}
+    once = idempotent(key, "POST", "/items", {"item_id": item_id, "fields": fields, "replace": replace, **picture})
+    if (replayed := await replay(services, once)) is not None:
+        return replayed
+    if image is None:
+        settings = services.settings
+        image = await fetch_image(image_url, settings.image_url_allow_list, settings.max_body_bytes,
+                                  settings.image_url_timeout_s)
+    return as_response(await services.items.ingest(item_id, fields, image, replace, once))
 
 
 @router.get("/{item_id:path}", response_model=ItemOut)
@@ -79,10 +91,12 @@ async def get_item(
 
 
 @router.delete("/{item_id:path}", response_model=ItemDeleted, dependencies=[ApiKey])
-async def delete_item(item_id: Annotated[Id, Path()], services: ServicesDep) -> ItemDeleted:
+async def delete_item(item_id: Annotated[Id, Path()], services: ServicesDep, key: IdempotencyKey) -> Response:
     """Withdraw a product: it stops being recommended at once."""
-    size = await services.items.delete(item_id)
-    return ItemDeleted(item_id=item_id, index_size=size, bundle_version=services.bundle_version)
+    once = idempotent(key, "DELETE", f"/items/{item_id}", {})
+    if (replayed := await replay(services, once)) is not None:
+        return replayed
+    return as_response(await services.items.delete(item_id, once))
 
 
 async def _json_body(request: Request) -> ItemIn:
@@ -92,12 +106,8 @@ async def _json_body(request: Request) -> ItemIn:
         raise _invalid_body(exc) from exc
 
 
-async def _json_image(body: ItemIn, services: Services) -> bytes:
-    """The image bytes of a JSON body: base64-decoded, or fetched from an allow-listed URL."""
-    if body.image_url is not None:
-        settings = services.settings
-        return await fetch_image(body.image_url, settings.image_url_allow_list, settings.max_body_bytes,
-                                 settings.image_url_timeout_s)
+def _base64_image(body: ItemIn) -> bytes:
+    """The image bytes of a JSON body that sends them base64-encoded."""
     try:
         return base64.b64decode(body.image_base64 or "", validate=True)
     except (binascii.Error, ValueError) as exc:

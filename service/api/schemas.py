@@ -100,7 +100,7 @@ class InteractionsIn(_Body):
 
 class InteractionsRecorded(BaseModel):
     user_id: str
-    recorded: int
+    recorded: int = Field(description="items recorded (an item named twice in one call counts once)")
     interactions_since_bundle: int
     bundle_version: str
 

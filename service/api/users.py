@@ -6,6 +6,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic_core import to_json
 
 from service.api.deps import ApiKey, ServicesDep
+from service.api.idempotency import IdempotencyKey, as_response, idempotent, replay
 from service.api.schemas import Id, InteractionsIn, InteractionsRecorded, Recommendations
 from service.popularity import MAX_K
 
@@ -36,10 +37,11 @@ async def recommendations(
 
 @router.post("/{user_id}/interactions", status_code=201, response_model=InteractionsRecorded, dependencies=[ApiKey])
 async def record_interactions(
-    user_id: Annotated[Id, Path()], body: InteractionsIn, services: ServicesDep
-) -> InteractionsRecorded:
+    user_id: Annotated[Id, Path()], body: InteractionsIn, services: ServicesDep, key: IdempotencyKey
+) -> Response:
     """Record interactions: the items leave the user's recommendations and the user's vector is
-    updated by the fold-in rule (see `service/recommend.py`)."""
-    total = await services.recommender.record(user_id, body.item_ids)
-    return InteractionsRecorded(user_id=user_id, recorded=len(body.item_ids), interactions_since_bundle=total,
-                                bundle_version=services.bundle_version)
+    updated by the fold-in rule (see `service/users.py`). An item named twice counts once."""
+    once = idempotent(key, "POST", f"/users/{user_id}/interactions", body.model_dump())
+    if (replayed := await replay(services, once)) is not None:
+        return replayed
+    return as_response(await services.recommender.record(user_id, body.item_ids, once))

@@ -1,4 +1,7 @@
-"""POST /users/{id}/interactions: seen exclusion, cache invalidation, the fold-in rule."""
+"""POST /users/{id}/interactions: seen exclusion, cache invalidation, the fold-in rule, Idempotency-Key."""
+
+import sqlite3
+import time
 
 import numpy as np
 from bundle_factory import FactoryBundle, prototype_item
@@ -84,3 +87,68 @@ def test_interactions_raise_popularity(client: TestClient, factory: FactoryBundl
     for fan in range(12):
         interact(client, f"fan-{fan}", [rare])
     assert recommend(client, "nobody-yet", k=1)["items"][0]["item_id"] == rare
+
+
+def count_rows(client: TestClient, user: str) -> int:
+    database = client.app.state.services.store.path
+    with sqlite3.connect(database) as db:
+        return db.execute("SELECT COUNT(*) FROM interactions WHERE user_id = ?", (user,)).fetchone()[0]
+
+
+def test_a_retry_with_its_idempotency_key_records_once(client: TestClient, factory: FactoryBundle) -> None:
+    item = factory.items[0].item_id
+    sent = [client.post("/users/retrier/interactions", json={"item_ids": [item]}, headers={"Idempotency-Key": "k-1"})
+            for _ in range(3)]
+    assert [response.status_code for response in sent] == [201] * 3
+    assert sent[1].json() == sent[2].json() == sent[0].json()
+    assert sent[0].json()["interactions_since_bundle"] == 1
+    assert "idempotent-replayed" not in sent[0].headers and sent[1].headers["idempotent-replayed"] == "true"
+    assert count_rows(client, "retrier") == 1
+    assert interact(client, "retrier", [item])["interactions_since_bundle"] == 2  # no key: a new interaction
+
+
+def test_a_key_reused_for_another_request_is_refused(client: TestClient, factory: FactoryBundle) -> None:
+    first, second = factory.items[0].item_id, factory.items[1].item_id
+    key = {"Idempotency-Key": "order-7"}
+    assert client.post("/users/u-a/interactions", json={"item_ids": [first]}, headers=key).status_code == 201
+    for user, items in (("u-a", [second]), ("u-b", [first])):  # another body; another path
+        refused = client.post(f"/users/{user}/interactions", json={"item_ids": items}, headers=key)
+        assert refused.status_code == 422, refused.text
+        assert "Idempotency-Key" in refused.json()["detail"] and "new key" in refused.json()["detail"]
+    assert (count_rows(client, "u-a"), count_rows(client, "u-b")) == (1, 0)
+
+
+def test_a_bad_idempotency_key_says_what_to_send(client: TestClient, factory: FactoryBundle) -> None:
+    for bad in ("", "x" * 256, "tab\there"):
+        response = client.post("/users/u1/interactions", json={"item_ids": [factory.items[0].item_id]},
+                               headers={"Idempotency-Key": bad})
+        assert response.status_code == 422, (bad, response.text)
+        assert "Idempotency-Key" in response.json()["detail"]
+    assert count_rows(client, "u1") == 0
+
+
+def test_duplicate_ids_in_one_call_count_once(client: TestClient, factory: FactoryBundle) -> None:
+    bundle = read_bundle(factory.path)
+    user = "user-005"
+    a, b = [item.item_id for item in factory.items if item.cluster == 1][:2]
+    body = interact(client, user, [a, a, b, a])
+    assert (body["recorded"], body["interactions_since_bundle"]) == (2, 2)
+    n0 = len(factory.seen[user])
+    expected = (n0 * bundle.user_vectors[bundle.user_ids.index(user)] + vectors(client, [a, b]).sum(0)) / (n0 + 2)
+    got = recommend(client, user, k=5)
+    ids = [entry["item_id"] for entry in got["items"]]
+    np.testing.assert_allclose([entry["score"] for entry in got["items"]], vectors(client, ids) @ expected, rtol=1e-4)
+    assert count_rows(client, user) == 2
+
+
+def test_keys_expire(make_client, factory: FactoryBundle) -> None:
+    item = factory.items[0].item_id
+    with make_client(idempotency_ttl_s=0.5) as client:
+        key = {"Idempotency-Key": "short-lived"}
+        assert client.post("/users/u9/interactions", json={"item_ids": [item]}, headers=key).status_code == 201
+        time.sleep(0.6)
+        again = client.post("/users/u9/interactions", json={"item_ids": [item]}, headers=key)
+        assert again.status_code == 201 and "idempotent-replayed" not in again.headers
+        assert again.json()["interactions_since_bundle"] == 2  # forgotten: recorded as a new interaction
+        other = client.post("/users/u9/interactions", json={"item_ids": [factory.items[1].item_id]}, headers=key)
+        assert other.status_code == 422  # the key is live again, for the second request

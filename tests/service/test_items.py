@@ -128,3 +128,25 @@ def _sample(metrics_text: str, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+def test_a_retried_create_or_delete_replays_its_first_answer(client: TestClient, factory: FactoryBundle) -> None:
+    item = prototype_item(2, "retried-item")
+    key = {"Idempotency-Key": "create-retried-item"}
+    created = client.post("/items", json=item_body(item), headers=key)
+    assert created.status_code == 201, created.text
+    # a client that rebuilds the request (multipart, a new boundary) is the same request
+    again = client.post("/items", data={"item_id": "retried-item", **item.fields},
+                        files={"image": ("x.png", item.image, "image/png")}, headers=key)
+    assert again.status_code == 201 and again.json() == created.json(), again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert client.post("/items", json=item_body(item)).status_code == 409  # without the key: a second create
+    other_image = item_body(prototype_item(3, "retried-item"))
+    assert client.post("/items", json=other_image, headers=key).status_code == 422  # same key, other request
+
+    delete_key = {"Idempotency-Key": "delete-retried-item"}
+    deleted = [client.delete("/items/retried-item", headers=delete_key) for _ in range(2)]
+    assert [response.status_code for response in deleted] == [200, 200]
+    assert deleted[0].json() == deleted[1].json() == {"item_id": "retried-item", "index_size": len(factory.items),
+                                                      "bundle_version": factory.manifest.bundle_version}
+    assert client.delete("/items/retried-item").status_code == 404
