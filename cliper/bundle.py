@@ -132,6 +132,8 @@ def build_index(
     "HNSW32"); `search_params` a FAISS ParameterSpace string ("nprobe=16", "efSearch=128").
     Non-exact indexes are trained on `vectors`, and their recall@50 against exact search over
     `queries` (default: a sample of the vectors) is returned and logged; for "Flat" it is None.
+    The map's `remove_ids` is wrong for an IVF index inside it: the service takes IVF indexes out
+    of the map before it removes anything (see `service/index.py`).
     """
     vectors = _float32_matrix(vectors, "item vectors")
     try:

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.fetch import check_prefix
 from service.idempotency import DEFAULT_TTL_S as DEFAULT_IDEMPOTENCY_TTL_S
 
 DEFAULT_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -44,7 +45,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest width x height decoded")
     max_text_chars: int = Field(20_000, ge=1, description="longest text field accepted")
     image_url_allow_list: Annotated[list[str], NoDecode] = Field(
-        [], description="URL prefixes image_url may point to (comma-separated); empty = no URL fetching"
+        [], description="URL prefixes image_url may point to (comma-separated; scheme, host, port and whole path "
+        "segments must match); empty = no URL fetching"
     )
     image_url_timeout_s: float = Field(5.0, gt=0, description="timeout for fetching an image_url")
     workers: int = Field(
@@ -60,6 +62,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("image_url_allow_list")
+    @classmethod
+    def _check_url_prefixes(cls, entries: list[str]) -> list[str]:
+        return [check_prefix(entry) for entry in entries]
 
     @property
     def resolved_data_dir(self) -> Path:
