@@ -53,18 +53,17 @@ def build_services(settings: Settings, cache: UserVectorCache, metrics: Metrics)
     users = UserState(bundle)
     popularity = Popularity(bundle, index)
     follower = StoreFollower(store, index, users, popularity, metrics, version)
-    item_service = ItemService(encoder, index, store, follower, metrics, version, bundle.item_ids,
+    item_service = ItemService(encoder, index, store, metrics, version, bundle.item_ids,
                                settings.max_batch_size, settings.max_batch_wait_ms / 1000)
     item_service.reencode_stale()
     follower.catch_up()
     log.info("applied the store's logs; index holds %d items", index.size)
     # a search thread pays off only where it can overlap the event loop: a GPU or a spare core
     offload_search = index.on_gpu or settings.workers < (os.cpu_count() or 1)
-    recommender = Recommender(users, index, popularity, cache, store, follower, metrics, version,
-                              offload_search)
+    recommender = Recommender(users, index, popularity, cache, store, metrics, version, offload_search)
     log.info("started in %.1fs (providers %s, cache %s)", time.perf_counter() - started,
              encoder.providers, cache.kind)
-    return Services(settings, metrics, bundle, encoder, item_service, recommender, cache, store)
+    return Services(settings, metrics, bundle, encoder, item_service, recommender, cache, store, follower)
 
 
 @asynccontextmanager

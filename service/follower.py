@@ -6,8 +6,9 @@ interactions. `catch_up` applies whatever was appended since it last looked, in 
 every worker process serving the same data dir ends in the same state, and a change written by
 one worker is seen by the next request to any worker (the check costs one `PRAGMA`).
 
-Writers append to the store first and then call `catch_up`, which applies their own change like
-anyone else's. `catch_up` must run on one thread (the event loop's, after start-up).
+Writers only append to the store; every request first calls `catch_up` (a dependency of every
+handler, `service.api.deps.get_services`), which applies a worker's own changes like anyone
+else's. `catch_up` must run on one thread (the event loop's, after start-up).
 """
 
 from service.index import ItemIndex

@@ -4,7 +4,7 @@ An ingested item is decoded and prepared in a worker thread (bad input fails her
 batching), encoded in a micro-batch with concurrent requests, persisted (items that reach the
 store together share one transaction, so one disk sync), and only then added to the index (by
 the store follower): when the client gets its 201 the item is durable and a recommendation
-candidate in every worker process.
+candidate in every worker process (each applies it before its next request).
 
 A write's reply is made inside its store transaction and kept there with its idempotency key,
 if any (`service.idempotency`). Its `index_size` is the size this worker's index reaches with
@@ -25,7 +25,6 @@ from tqdm import tqdm
 from service.batcher import MicroBatcher
 from service.encoders import ItemEncoder, PreparedItem
 from service.errors import Conflict, NotFound, ServiceError
-from service.follower import StoreFollower
 from service.idempotency import IdempotentRequest, Reply
 from service.index import ItemIndex
 from service.metrics import Metrics
@@ -79,7 +78,6 @@ class ItemService:
         encoder: ItemEncoder,
         index: ItemIndex,
         store: Store,
-        follower: StoreFollower,
         metrics: Metrics,
         bundle_version: str,
         bundle_item_ids: Sequence[str],
@@ -89,7 +87,6 @@ class ItemService:
         self.encoder = encoder
         self.index = index
         self.store = store
-        self.follower = follower
         self._bundle_ids = frozenset(bundle_item_ids)
         self.metrics = metrics
         self.bundle_version = bundle_version
@@ -113,7 +110,6 @@ class ItemService:
                      once: IdempotentRequest | None = None) -> Reply:
         """Encode, persist and index one item (201 and an `Ingested` body); `Conflict` when it
         exists and `replace` is off."""
-        self.follower.catch_up()
         self._check_absent(item_id, replace)  # early, to spare the encoders; the store decides
         prepared = await asyncio.to_thread(self._prepare, fields, image)
         vector = await self.batcher.submit(prepared)
@@ -123,11 +119,9 @@ class ItemService:
             reply = await self.writer.submit(PendingWrite(write, once))
         if isinstance(reply, ServiceError):
             raise reply
-        self.follower.catch_up()
         return reply
 
     async def get(self, item_id: str) -> ItemInfo:
-        self.follower.catch_up()
         row = self.index.row_of(item_id)
         if row is None:
             raise NotFound(f"item {item_id!r} is not in the catalog")
@@ -140,9 +134,7 @@ class ItemService:
     async def delete(self, item_id: str, once: IdempotentRequest | None = None) -> Reply:
         """Withdraw an item: it is no longer recommended (200 and a `Withdrawn` body)."""
         with self.metrics.timed("store"):
-            reply = await asyncio.to_thread(self._delete, item_id, once)
-        self.follower.catch_up()
-        return reply
+            return await asyncio.to_thread(self._delete, item_id, once)
 
     def reencode_stale(self) -> None:
         """Re-encode items stored under another bundle version (their vectors belong to another

@@ -14,7 +14,6 @@ import numpy as np
 from service.batcher import MicroBatcher
 from service.cache import UserVectorCache, cache_key
 from service.errors import BadInput
-from service.follower import StoreFollower
 from service.idempotency import IdempotentRequest, Reply
 from service.index import ItemIndex
 from service.metrics import Metrics
@@ -50,7 +49,6 @@ class Recommender:
         popularity: Popularity,
         cache: UserVectorCache,
         store: Store,
-        follower: StoreFollower,
         metrics: Metrics,
         bundle_version: str,
         offload_search: bool,
@@ -61,7 +59,6 @@ class Recommender:
         self.popularity = popularity
         self.cache = cache
         self.store = store
-        self.follower = follower
         self.metrics = metrics
         self.bundle_version = bundle_version
         self.offload_search = offload_search
@@ -71,7 +68,6 @@ class Recommender:
         )
 
     async def recommend(self, user_id: str, k: int) -> Recommendation:
-        self.follower.catch_up()
         if not self.users.known(user_id):
             self.metrics.recommendations.labels("popularity").inc()
             return Recommendation(self.popularity.top(k), from_cache=False, fallback=True)
@@ -93,7 +89,6 @@ class Recommender:
     async def record(self, user_id: str, item_ids: Sequence[str], once: IdempotentRequest | None = None) -> Reply:
         """Persist interactions, then fold them in (201 and a `Recorded` body). An item named
         twice in one call is one interaction: seen once, folded in once."""
-        self.follower.catch_up()
         item_ids = list(dict.fromkeys(item_ids))
         rows = [self.index.row_of(item_id) for item_id in item_ids]
         unknown = sorted({item_id for item_id, row in zip(item_ids, rows, strict=True) if row is None})
@@ -108,7 +103,6 @@ class Recommender:
                   for item_id, vector in zip(item_ids, vectors, strict=True)]
         with self.metrics.timed("store"):
             reply = await asyncio.to_thread(self._store, user_id, stored, once)
-        self.follower.catch_up()
         with self.metrics.timed("cache"):
             await self.cache.delete(old_key)
         return reply

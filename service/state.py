@@ -6,6 +6,7 @@ from cliper.bundle import LoadedBundle
 from service.cache import UserVectorCache
 from service.config import Settings
 from service.encoders import ItemEncoder
+from service.follower import StoreFollower
 from service.ingest import ItemService
 from service.metrics import Metrics
 from service.recommend import Recommender
@@ -24,6 +25,7 @@ class Services:
     recommender: Recommender
     cache: UserVectorCache
     store: Store
+    follower: StoreFollower
 
     @property
     def bundle_version(self) -> str:

@@ -10,8 +10,15 @@ from service.state import Services
 
 
 async def get_services(request: Request) -> Services:
-    """Async on purpose: FastAPI runs a sync dependency in its thread pool (a costly hop)."""
-    return request.app.state.services
+    """The running services, with this worker caught up on what every worker wrote (the store's
+    logs) before the handler runs: one step per request, as FastAPI computes a dependency once
+    per request however many others use it. A write needs no step after it: its reply comes from
+    its transaction, and the next request applies it here like any other worker's change. Async
+    on purpose: FastAPI runs a sync dependency in its thread pool (a costly hop), and the
+    follower must run on the event loop's thread."""
+    services: Services = request.app.state.services
+    services.follower.catch_up()
+    return services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -15,6 +15,7 @@ from bundle_factory import FactoryBundle, prototype_item
 from service_testing import item_body
 
 from service.errors import Conflict
+from service.follower import StoreFollower
 from service.store import ItemWrite, Store, StoredItem
 
 
@@ -43,6 +44,25 @@ def test_a_write_to_one_worker_is_seen_by_the_other(make_client, factory: Factor
         more = first.post("/users/user-000/interactions", json={"item_ids": [bundle_item]}).json()
         assert more["interactions_since_bundle"] == 3
         assert top_ids(first, "user-000", k=20) == top_ids(second, "user-000", k=20)
+
+
+def test_every_request_catches_up_once(client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One request-scoped step applies what other workers wrote, whatever the endpoint."""
+    calls: list[str] = []
+    catch_up = StoreFollower.catch_up
+    monkeypatch.setattr(StoreFollower, "catch_up", lambda self: (calls.append("catch_up"), catch_up(self))[1])
+    requests = {
+        "POST /items": lambda: client.post("/items", json=item_body(prototype_item(0, "once"))),
+        "GET /items/once": lambda: client.get("/items/once"),
+        "GET recommendations": lambda: client.get("/users/user-000/recommendations"),
+        "POST interactions": lambda: client.post("/users/user-000/interactions", json={"item_ids": ["once"]}),
+        "DELETE /items/once": lambda: client.delete("/items/once"),
+    }
+    for name, send in requests.items():
+        calls.clear()
+        response = send()
+        assert response.status_code < 300, (name, response.text)
+        assert len(calls) == 1, f"{name} caught up {len(calls)} times"
 
 
 def test_two_stores_cannot_both_create_one_item(tmp_path: Path) -> None:
