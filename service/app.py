@@ -10,7 +10,6 @@ all of this for itself.
 import asyncio
 import gc
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +21,7 @@ from cliper.bundle import read_bundle
 from service.api import health, items, metrics, users
 from service.cache import UserVectorCache, make_cache
 from service.config import Settings
+from service.cpus import onnx_intra_op_threads, usable_cpus
 from service.encoders import ItemEncoder
 from service.errors import ServiceError
 from service.index import ItemIndex
@@ -45,7 +45,10 @@ def build_services(settings: Settings, cache: UserVectorCache, metrics: Metrics)
     version = bundle.manifest.bundle_version
     log.info("bundle %s: version %s, %d items, %d users", bundle.root, version,
              len(bundle.item_ids), len(bundle.user_ids))
-    encoder = ItemEncoder(bundle, metrics, settings.providers, settings.intra_op_threads, settings.max_image_pixels)
+    cpus = usable_cpus()
+    threads = onnx_intra_op_threads(settings.intra_op_threads, settings.workers, cpus)
+    log.info("%d usable CPUs, %d worker(s): %d ONNX Runtime threads per session", cpus, settings.workers, threads)
+    encoder = ItemEncoder(bundle, metrics, settings.providers, threads, settings.max_image_pixels)
     encoder.warm_up()
     index = ItemIndex(bundle.index, bundle.item_ids, bundle.item_vectors, settings.search_threads)
     index.search(bundle.item_vectors[:1], 10)  # warm-up
@@ -59,7 +62,7 @@ def build_services(settings: Settings, cache: UserVectorCache, metrics: Metrics)
     follower.catch_up()
     log.info("applied the store's logs; index holds %d items", index.size)
     # a search thread pays off only where it can overlap the event loop: a GPU or a spare core
-    offload_search = index.on_gpu or settings.workers < (os.cpu_count() or 1)
+    offload_search = index.on_gpu or settings.workers < cpus
     recommender = Recommender(users, index, popularity, cache, store, metrics, version, offload_search)
     log.info("started in %.1fs (providers %s, cache %s)", time.perf_counter() - started,
              encoder.providers, cache.kind)

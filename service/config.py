@@ -37,7 +37,10 @@ class Settings(BaseSettings):
     providers: Annotated[list[str], NoDecode] = Field(
         DEFAULT_PROVIDERS, description="ONNX Runtime providers in order of preference (comma-separated)"
     )
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0 = runtime default)")
+    intra_op_threads: int = Field(
+        0, ge=0,
+        description="ONNX Runtime threads per session (0 = auto: CPUs allowed by affinity and cgroup quota // workers)",
+    )
     search_threads: int = Field(1, ge=1, description="OpenMP threads of one FAISS search (micro-batch)")
     max_batch_size: int = Field(16, ge=1, description="most items encoded in one micro-batch")
     max_batch_wait_ms: float = Field(5.0, ge=0, description="how long a micro-batch waits to fill up")

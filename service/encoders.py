@@ -40,6 +40,7 @@ class OnnxModel:
     def __init__(self, path: Path, providers: list[str], threads: int, inputs: Sequence[str]) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1  # the graphs run sequentially (ORT's default mode): no inter-op pool
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # ONNX Runtime raises its own exception types for bad graphs
