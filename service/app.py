@@ -26,11 +26,12 @@ from service.encoders import ItemEncoder
 from service.errors import ServiceError
 from service.index import ItemIndex
 from service.ingest import ItemService
+from service.interactions import InteractionRecorder
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware
 from service.follower import StoreFollower
 from service.popularity import Popularity
-from service.recommend import Recommender
+from service.recommend import RecommendationService
 from service.state import Services
 from service.store import Store
 from service.users import UserState
@@ -63,10 +64,13 @@ def build_services(settings: Settings, cache: UserVectorCache, metrics: Metrics)
     log.info("applied the store's logs; index holds %d items", index.size)
     # a search thread pays off only where it can overlap the event loop: a GPU or a spare core
     offload_search = index.on_gpu or settings.workers < cpus
-    recommender = Recommender(users, index, popularity, cache, store, metrics, version, offload_search)
+    recommendations = RecommendationService(users, index, popularity, cache, store.identity(), metrics, version,
+                                            offload_search)
+    interactions = InteractionRecorder(users, index, cache, store, metrics, version)
     log.info("started in %.1fs (providers %s, cache %s)", time.perf_counter() - started,
              encoder.providers, cache.kind)
-    return Services(settings, metrics, bundle, encoder, item_service, recommender, cache, store, follower)
+    return Services(settings, metrics, bundle, encoder, item_service, recommendations, interactions, cache, store,
+                    follower)
 
 
 @asynccontextmanager
@@ -87,14 +91,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.freeze()
     await cache.problem()  # a Redis down at start-up is logged and shows in cliper_cache_up at once
     services.items.start()
-    services.recommender.searcher.start()
+    services.recommendations.searcher.start()
     app.state.services = services
     try:
         yield
     finally:
         gc.unfreeze()
         await services.items.stop()
-        await services.recommender.searcher.stop()
+        await services.recommendations.searcher.stop()
         await cache.close()
         services.store.close()
 

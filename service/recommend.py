@@ -3,22 +3,16 @@
 How user vectors follow interactions (the fold-in rule) is in `service/users.py`.
 """
 
-import asyncio
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from functools import partial
+from dataclasses import dataclass
 
 import numpy as np
 
 from service.batcher import MicroBatcher
 from service.cache import UserVectorCache, cache_key
-from service.errors import BadInput
-from service.idempotency import IdempotentRequest, Reply
 from service.index import ItemIndex
 from service.metrics import Metrics
 from service.popularity import Popularity
-from service.store import Store, StoredInteraction, WriteTransaction
 from service.users import UserState
 
 
@@ -29,18 +23,11 @@ class Recommendation:
     fallback: bool
 
 
-@dataclass
-class Recorded:
-    """The body of an interactions reply."""
-
-    user_id: str
-    recorded: int
-    interactions_since_bundle: int
-    bundle_version: str
-
-
-class Recommender:
-    """Answers recommendation requests and records interactions."""
+class RecommendationService:
+    """Answers recommendation requests: the user's vector (from the cache, or computed and
+    cached) searched against the index, the user's seen items left out; the popularity ranking
+    for a user without a vector. Read-only: interactions are recorded by
+    `service.interactions.InteractionRecorder`."""
 
     def __init__(
         self,
@@ -48,7 +35,7 @@ class Recommender:
         index: ItemIndex,
         popularity: Popularity,
         cache: UserVectorCache,
-        store: Store,
+        store_id: str,
         metrics: Metrics,
         bundle_version: str,
         offload_search: bool,
@@ -58,11 +45,10 @@ class Recommender:
         self.index = index
         self.popularity = popularity
         self.cache = cache
-        self.store = store
         self.metrics = metrics
         self.bundle_version = bundle_version
         self.offload_search = offload_search
-        self.store_id = store.identity()
+        self.store_id = store_id  # the store's identity, part of every cache key
         self.searcher: MicroBatcher[tuple[np.ndarray, int], tuple[np.ndarray, np.ndarray]] = MicroBatcher(
             self._search_batch, max_size=search_batch_size, max_wait_s=0.0
         )
@@ -86,38 +72,8 @@ class Recommender:
         self.metrics.recommendations.labels("model").inc()
         return Recommendation(items, from_cache=from_cache, fallback=False)
 
-    async def record(self, user_id: str, item_ids: Sequence[str], once: IdempotentRequest | None = None) -> Reply:
-        """Persist interactions, then fold them in (201 and a `Recorded` body). An item named
-        twice in one call is one interaction: seen once, folded in once."""
-        item_ids = list(dict.fromkeys(item_ids))
-        rows = [self.index.row_of(item_id) for item_id in item_ids]
-        unknown = sorted({item_id for item_id, row in zip(item_ids, rows, strict=True) if row is None})
-        if unknown:
-            raise BadInput(
-                f"{len(unknown)} item id(s) are not in the catalog (never ingested or deleted); "
-                "ingest them first or drop them", unknown_item_ids=unknown,
-            )
-        vectors = self.index.vectors(rows)
-        old_key = self._cache_key(user_id)
-        stored = [StoredInteraction(user_id, item_id, vector, self.bundle_version)
-                  for item_id, vector in zip(item_ids, vectors, strict=True)]
-        with self.metrics.timed("store"):
-            reply = await asyncio.to_thread(self._store, user_id, stored, once)
-        with self.metrics.timed("cache"):
-            await self.cache.delete(old_key)
-        return reply
-
-    def _store(self, user_id: str, rows: list[StoredInteraction], once: IdempotentRequest | None) -> Reply:
-        with self.store.transaction() as tx:
-            return tx.once(once, partial(self._add, tx, user_id, rows))
-
-    def _add(self, tx: WriteTransaction, user_id: str, rows: list[StoredInteraction]) -> Reply:
-        tx.add_interactions(rows)
-        total = tx.interaction_count(user_id)
-        return Reply(201, asdict(Recorded(user_id, len(rows), total, self.bundle_version)))
-
     async def _user_vector(self, user_id: str) -> tuple[np.ndarray, bool]:
-        key = self._cache_key(user_id)
+        key = cache_key(self.bundle_version, self.store_id, user_id, self.users.generation(user_id))
         with self.metrics.timed("cache"):
             cached = await self.cache.get(key)
         if cached is not None and cached.shape != (self.users.dim,):  # written by something else
@@ -129,9 +85,6 @@ class Recommender:
         with self.metrics.timed("cache"):
             await self.cache.set(key, vector)
         return vector, False
-
-    def _cache_key(self, user_id: str) -> str:
-        return cache_key(self.bundle_version, self.store_id, user_id, self.users.generation(user_id))
 
     def _seen_rows(self, user_id: str) -> set[int]:
         return self.index.rows_of(self.users.seen_item_ids(user_id))

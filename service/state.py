@@ -8,8 +8,9 @@ from service.config import Settings
 from service.encoders import ItemEncoder
 from service.follower import StoreFollower
 from service.ingest import ItemService
+from service.interactions import InteractionRecorder
 from service.metrics import Metrics
-from service.recommend import Recommender
+from service.recommend import RecommendationService
 from service.store import Store
 
 
@@ -22,7 +23,8 @@ class Services:
     bundle: LoadedBundle
     encoder: ItemEncoder
     items: ItemService
-    recommender: Recommender
+    recommendations: RecommendationService
+    interactions: InteractionRecorder
     cache: UserVectorCache
     store: Store
     follower: StoreFollower

@@ -21,7 +21,7 @@ async def recommendations(
 ) -> Response:
     """Top-k items by the model's score, without items the user has interacted with; an unknown
     user gets the most popular items (`fallback: true`)."""
-    result = await services.recommender.recommend(user_id, k)
+    result = await services.recommendations.recommend(user_id, k)
     # The hot path: the body is built here from str and float, so it is serialised straight to
     # JSON (pydantic-core) instead of validated against `Recommendations` first (which only
     # documents it); that validation and the model objects were a tenth of the request's CPU.
@@ -44,4 +44,4 @@ async def record_interactions(
     once = idempotent(key, "POST", f"/users/{user_id}/interactions", body.model_dump())
     if (replayed := await replay(services, once)) is not None:
         return replayed
-    return as_response(await services.recommender.record(user_id, body.item_ids, once))
+    return as_response(await services.interactions.record(user_id, body.item_ids, once))

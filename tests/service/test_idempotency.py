@@ -29,7 +29,7 @@ def test_a_committed_but_unacknowledged_write_is_replayed_after_a_restart(make_c
     with make_client() as client:
         services = client.app.state.services
         once = IdempotentRequest("lost-answer", fingerprint("POST", "/users/crasher/interactions", body))
-        lost = client.portal.call(services.recommender.record, "crasher", [item], once)  # never sent
+        lost = client.portal.call(services.interactions.record, "crasher", [item], once)  # never sent
         database = services.store.path
     with make_client() as client:  # the restarted service
         retried = client.post("/users/crasher/interactions", json=body, headers={"Idempotency-Key": "lost-answer"})
