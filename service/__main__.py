@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from service.app import create_app
 from service.config import Settings
-from service.launcher import reuse_port_available, run_workers
+from service.launcher import reuse_port_available, run_workers, server_options
 
 
 def as_environment(settings: Settings) -> dict[str, str]:
@@ -44,14 +44,13 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)  # type: ignore[call-arg]
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.workers == 1:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+        uvicorn.run(create_app(settings), **server_options(settings))
         return
     os.environ.update(as_environment(settings))
     with tempfile.TemporaryDirectory(prefix="cliper-metrics-") as metrics_dir:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
         Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
-        options = {"factory": True, "workers": settings.workers, "host": settings.host, "port": settings.port,
-                   "log_level": settings.log_level}
+        options = {"factory": True, "workers": settings.workers, **server_options(settings)}
         if reuse_port_available():
             run_workers(uvicorn.Config("service.app:create_app", **options))
         else:

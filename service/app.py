@@ -14,16 +14,15 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from cliper.bundle import read_bundle
 from service.api import health, items, metrics, users
+from service.api.responses import add_error_handlers
 from service.cache import UserVectorCache, make_cache
 from service.config import Settings
 from service.cpus import onnx_intra_op_threads, usable_cpus
 from service.encoders import ItemEncoder
-from service.errors import ServiceError
 from service.index import ItemIndex
 from service.ingest import ItemService
 from service.interactions import InteractionRecorder
@@ -103,11 +102,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.store.close()
 
 
-async def _service_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
-    return JSONResponse({"detail": exc.message, **exc.extra}, status_code=exc.status_code)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The FastAPI app; `settings` default to the `CLIPER_*` environment."""
     settings = settings if settings is not None else Settings()  # type: ignore[call-arg]
@@ -119,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_exception_handler(ServiceError, _service_error)
+    add_error_handlers(app)
     for module in (items, users, health, metrics):
         app.include_router(module.router)
     return app

@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     workers: int = Field(
         1, ge=1, description="worker processes (uvicorn); they share the data dir and stay in step through it"
     )
+    timeout_header_s: float = Field(
+        10.0, gt=0, description="a connection must send a request's headers within this time of connecting or of the "
+        "request's first byte (408 and closed otherwise)"
+    )
+    timeout_keep_alive_s: float = Field(5.0, gt=0, description="a connection idle this long between requests is closed")
+    max_header_bytes: int = Field(65536, ge=1024, description="largest request headers accepted (431 beyond)")
+    max_concurrency: int = Field(
+        512, ge=1, description="open connections or requests in flight per worker beyond which a request gets 503"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

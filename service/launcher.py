@@ -14,13 +14,35 @@ program without SO_REUSEPORT on the port is refused at start-up).
 uvicorn's supervisor (`uvicorn.supervisors.Multiprocess`: restarts, signals, health checks) is
 kept. It hands its sockets to each worker by pickling them; `ReusePortSocket` is what it gets
 instead of a socket: unpickling it in a worker binds that worker's own socket.
+
+`server_options` holds every worker's limits on clients: a deadline and a size cap for request
+headers (`service.http_protocol`), the keep-alive timeout, and a cap on connections and requests
+in flight past which a request gets uvicorn's 503.
 """
 
 import socket
 import sys
+from functools import partial
+from typing import Any
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
+
+from service.config import Settings
+from service.http_protocol import HeaderLimitsProtocol
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn options from the settings: address, logging, timeouts and the connection limit."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "http": partial(HeaderLimitsProtocol, header_timeout_s=settings.timeout_header_s,
+                        max_header_bytes=settings.max_header_bytes),
+        "timeout_keep_alive": settings.timeout_keep_alive_s,
+        "limit_concurrency": settings.max_concurrency,
+    }
 
 
 def reuse_port_available() -> bool:

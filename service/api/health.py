@@ -9,17 +9,20 @@ the cache's problem; `cliper_cache_up` is 0 in /metrics.
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from service.api.responses import OVERLOADED, errors
 from service.api.schemas import Health
 
 router = APIRouter(prefix="/health", tags=["health"])
 
 
-@router.get("/live", response_model=Health)
+@router.get("/live", response_model=Health, responses=errors())
 async def live() -> Health:
     return Health(status="alive")
 
 
-@router.get("/ready", response_model=Health, responses={503: {"model": Health}})
+@router.get("/ready", response_model=Health, responses={
+    **errors(), 503: {**OVERLOADED, "model": Health, "description": "start-up not finished; or the worker is overloaded"
+                      " (uvicorn's plain-text answer)"}})
 async def ready(request: Request) -> Health | JSONResponse:
     """200 once start-up is done (`degraded` while the cache is unusable); 503 before."""
     services = getattr(request.app.state, "services", None)

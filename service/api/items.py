@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from service.api.deps import ApiKey, ServicesDep
 from service.api.idempotency import IdempotencyKey, as_response, idempotent, replay
 from service.api.multipart import parse_multipart
+from service.api.responses import errors
 from service.api.schemas import Id, ItemCreated, ItemDeleted, ItemFields, ItemIn, ItemOut
 from service.errors import BadInput, UnsupportedMediaType
 from service.fetch import fetch_image
@@ -44,7 +45,8 @@ _OPENAPI_BODY = {
 }
 
 
-@router.post("", status_code=201, response_model=ItemCreated, dependencies=[ApiKey], openapi_extra=_OPENAPI_BODY)
+@router.post("", status_code=201, response_model=ItemCreated, dependencies=[ApiKey], openapi_extra=_OPENAPI_BODY,
+             responses=errors(401, 409, 415, 422))
 async def create_item(
     request: Request,
     services: ServicesDep,
@@ -78,7 +80,7 @@ async def create_item(
     return as_response(await services.items.ingest(item_id, fields, image, replace, once))
 
 
-@router.get("/{item_id:path}", response_model=ItemOut)
+@router.get("/{item_id:path}", response_model=ItemOut, responses=errors(404, 422))
 async def get_item(
     item_id: Annotated[Id, Path()],
     services: ServicesDep,
@@ -90,7 +92,7 @@ async def get_item(
                    vector=info.vector.tolist() if include_vector else None)
 
 
-@router.delete("/{item_id:path}", response_model=ItemDeleted, dependencies=[ApiKey])
+@router.delete("/{item_id:path}", response_model=ItemDeleted, dependencies=[ApiKey], responses=errors(401, 404, 422))
 async def delete_item(item_id: Annotated[Id, Path()], services: ServicesDep, key: IdempotencyKey) -> Response:
     """Withdraw a product: it stops being recommended at once."""
     once = idempotent(key, "DELETE", f"/items/{item_id}", {})

@@ -110,3 +110,25 @@ class Health(BaseModel):
         description="`degraded`: ready, but a part that only speeds requests up (the cache) is down"
     )
     checks: dict[str, str] = {}
+
+
+class FieldError(BaseModel):
+    """One invalid part of a request."""
+
+    loc: list[str | int] = Field(description='where it is, e.g. ["query", "k"] or ["body", "item_ids", 0]')
+    msg: str = Field(description="what is wrong with it")
+    type: str = Field(description="pydantic's error type, e.g. missing, greater_than_equal")
+
+
+class Error(BaseModel):
+    """The body of every error the service answers (4xx): what is wrong and what to change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detail: str = Field(description="what is wrong and what to change")
+    errors: list[FieldError] | None = Field(
+        None, description="422 for a request that does not match this document: each invalid part"
+    )
+    unknown_item_ids: list[str] | None = Field(
+        None, description="422 for interactions with items the catalog does not hold: their ids"
+    )

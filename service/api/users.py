@@ -6,6 +6,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic_core import to_json
 
 from service.api.deps import ApiKey, ServicesDep
+from service.api.responses import errors
 from service.api.idempotency import IdempotencyKey, as_response, idempotent, replay
 from service.api.schemas import Id, InteractionsIn, InteractionsRecorded, Recommendations
 from service.popularity import MAX_K
@@ -13,7 +14,7 @@ from service.popularity import MAX_K
 router = APIRouter(prefix="/users", tags=["users"])
 
 
-@router.get("/{user_id}/recommendations", response_model=Recommendations)
+@router.get("/{user_id}/recommendations", response_model=Recommendations, responses=errors(404, 422))
 async def recommendations(
     user_id: Annotated[Id, Path()],
     services: ServicesDep,
@@ -35,7 +36,8 @@ async def recommendations(
     return Response(to_json(body), media_type="application/json")
 
 
-@router.post("/{user_id}/interactions", status_code=201, response_model=InteractionsRecorded, dependencies=[ApiKey])
+@router.post("/{user_id}/interactions", status_code=201, response_model=InteractionsRecorded, dependencies=[ApiKey],
+             responses=errors(401, 404, 422))
 async def record_interactions(
     user_id: Annotated[Id, Path()], body: InteractionsIn, services: ServicesDep, key: IdempotencyKey
 ) -> Response:
