@@ -56,10 +56,14 @@ def preprocess_batch(images: list[Image.Image], config: PreprocessConfig) -> np.
     return np.stack([preprocess(image, config) for image in images]).astype(np.float32, copy=False)
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode image bytes fully, refusing images over `max_pixels` before decoding them.
+def decode_image(data: bytes, max_pixels: int, max_aspect_ratio: float) -> Image.Image:
+    """Decode image bytes fully, refusing images over `max_pixels` or with a long side over
+    `max_aspect_ratio` times the short side before decoding them.
 
-    Raises `ValueError` with a message fit for a client: not an image, truncated, too large.
+    The aspect ratio bounds the cost of `preprocess`: the shortest-side resize makes an image of
+    size x (size * ratio) pixels before the centre crop, so a 1.6 KB PNG of 1x400000 pixels would
+    otherwise become 224 x 89.6 million pixels (80 GB). Raises `ValueError` with a message fit
+    for a client: not an image, truncated, too large, too elongated.
     """
     try:
         image = Image.open(io.BytesIO(data))
@@ -71,6 +75,12 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise ValueError(
             f"the image is {width}x{height} pixels; at most {max_pixels} pixels are accepted"
+        )
+    long, short = max(width, height), min(width, height)
+    if long > max_aspect_ratio * short:
+        raise ValueError(
+            f"the image is {width}x{height} pixels, an aspect ratio (long side to short side) of"
+            f" {long / max(short, 1):.0f}:1; at most {max_aspect_ratio:g}:1 is accepted"
         )
     try:
         image.load()

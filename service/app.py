@@ -48,7 +48,8 @@ def build_services(settings: Settings, cache: UserVectorCache, metrics: Metrics)
     cpus = usable_cpus()
     threads = onnx_intra_op_threads(settings.intra_op_threads, settings.workers, cpus)
     log.info("%d usable CPUs, %d worker(s): %d ONNX Runtime threads per session", cpus, settings.workers, threads)
-    encoder = ItemEncoder(bundle, metrics, settings.providers, threads, settings.max_image_pixels)
+    encoder = ItemEncoder(bundle, metrics, settings.providers, threads, settings.max_image_pixels,
+                          settings.max_image_aspect_ratio)
     encoder.warm_up()
     index = ItemIndex(bundle.index, bundle.item_ids, bundle.item_vectors, settings.search_threads)
     index.search(bundle.item_vectors[:1], 10)  # warm-up

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(5.0, ge=0, description="how long a micro-batch waits to fill up")
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="largest request body accepted (413 beyond)")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest width x height decoded")
+    max_image_aspect_ratio: float = Field(
+        20.0, ge=1, description="largest long side / short side of an image (422 beyond; bounds the resize's memory)"
+    )
     max_text_chars: int = Field(20_000, ge=1, description="longest text field accepted")
     image_url_allow_list: Annotated[list[str], NoDecode] = Field(
         [], description="URL prefixes image_url may point to (comma-separated; scheme, host, port and whole path "

@@ -81,11 +81,13 @@ class ItemEncoder:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         threads: int = 0,
         max_image_pixels: int = 40_000_000,
+        max_image_aspect_ratio: float = 20.0,
     ) -> None:
         manifest = bundle.manifest
         self.manifest = manifest
         self.metrics = metrics
         self.max_image_pixels = max_image_pixels
+        self.max_image_aspect_ratio = max_image_aspect_ratio
         self.tokenizer = TextTokenizer.from_file(bundle.path(manifest.tokenizer.file), manifest.tokenizer)
         chosen = choose_providers(providers)
         text_inputs = ["input_ids", "attention_mask"] if manifest.tokenizer.uses_attention_mask else ["input_ids"]
@@ -106,7 +108,7 @@ class ItemEncoder:
         """Client image bytes -> RGB image, or `BadInput` saying what is wrong with them."""
         with self.metrics.timed("decode"):
             try:
-                return decode_image(data, self.max_image_pixels).convert("RGB")
+                return decode_image(data, self.max_image_pixels, self.max_image_aspect_ratio).convert("RGB")
             except ValueError as exc:
                 raise BadInput(str(exc)) from exc
             except Exception as exc:  # Pillow's format plugins raise many types on hostile bytes

@@ -1,11 +1,16 @@
-"""cliper.images.preprocess (numpy, no torch) matches open_clip's eval transform."""
+"""cliper.images.preprocess (numpy, no torch) matches open_clip's eval transform; decode_image
+refuses what would be too costly to preprocess."""
+
+import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from open_clip import image_transform
 from PIL import Image
 
-from cliper.images import PreprocessConfig, preprocess, preprocess_batch
+from cliper.images import PreprocessConfig, decode_image, preprocess, preprocess_batch
 
 
 def _image(mode: str, size: tuple[int, int], seed: int) -> Image.Image:
@@ -66,3 +71,36 @@ def test_batch_stacks_images() -> None:
     batch = preprocess_batch(images, config)
     assert batch.shape == (2, 3, 32, 32) and batch.dtype == np.float32
     np.testing.assert_array_equal(batch[1], preprocess(images[1], config))
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (90, 20, 160)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height but holds almost no pixel data: it cannot be decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+@pytest.mark.parametrize("size", [(1, 400_000), (400_000, 1), (2, 100_000), (100_000, 3), (21, 1), (1, 21)])
+def test_decode_refuses_shapes_beyond_the_aspect_ratio_limit(size: tuple[int, int]) -> None:
+    with pytest.raises(ValueError, match=r"aspect ratio .* at most 20:1"):
+        decode_image(_png(size), max_pixels=40_000_000, max_aspect_ratio=20)
+
+
+def test_decode_checks_the_aspect_ratio_before_decoding() -> None:
+    # 10 million pixels are under the pixel limit; only the header's shape can refuse it cheaply
+    with pytest.raises(ValueError, match="aspect ratio"):
+        decode_image(_png_header(1, 10_000_000), max_pixels=40_000_000, max_aspect_ratio=20)
+
+
+@pytest.mark.parametrize("size", [(20, 1), (1, 20), (4000, 3000), (970, 90), (1, 1)])
+def test_decode_accepts_shapes_within_the_limit(size: tuple[int, int]) -> None:
+    image = decode_image(_png(size), max_pixels=40_000_000, max_aspect_ratio=20)
+    assert image.size == size

@@ -2,15 +2,19 @@
 
 import io
 import json
+import resource
 import struct
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from bundle_factory import FactoryBundle, prototype_item
 from fastapi.testclient import TestClient
 from PIL import Image
+from served import served
 from service_testing import b64
 
 from service.app import create_app
@@ -184,3 +188,40 @@ def test_multipart_text_that_is_not_utf8_is_refused_and_utf8_is_kept(client: Tes
     accepted = client.post("/items", data={"item_id": "utf8", "title": "café ☕"}, files={"image": ("a.png", GOOD.image)})
     assert accepted.status_code == 201, accepted.text
     assert client.get("/items/utf8").json()["fields"] == {"title": "café ☕"}
+
+
+def png(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 40, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+EXTREME_SHAPES = [((1, 400_000), 422), ((400_000, 1), 422), ((2, 100_000), 422), ((100_000, 3), 422),
+                  ((4000, 3000), 201)]
+
+
+def test_extreme_shapes_are_refused_under_a_memory_cap(factory: FactoryBundle, tmp_path) -> None:
+    """A 1.6 KB PNG of 1x400000 pixels passes the pixel limit; resized along its short side it
+    used to need gigabytes. Under a cap of 1.5 GiB over the idle server's address space, absurd
+    shapes get a 422 naming the aspect-ratio limit and an ordinary photo is still ingested."""
+    with served(factory.path, tmp_path / "data") as server:
+        pid = server.process.pid
+        cap = address_space(pid) + int(1.5 * 2**30)
+        resource.prlimit(pid, resource.RLIMIT_AS, (cap, cap))
+        for (width, height), status in EXTREME_SHAPES:
+            body = item(png((width, height)), item_id=f"shape-{width}x{height}")
+            response = httpx.post(f"{server.base}/items", json=body, timeout=120)
+            if status == 201:
+                assert response.status_code == 201, response.text
+            else:
+                assert_rejected(response, status, "aspect ratio")
+                assert "at most 20" in response.json()["detail"], response.text
+        assert server.process.poll() is None, server.log.read_text(errors="replace")
+
+
+def address_space(pid: int) -> int:
+    """The process's virtual memory size in bytes (VmSize of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmSize for process {pid}")
