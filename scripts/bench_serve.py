@@ -1,7 +1,7 @@
 """Serving benchmark (issue 5): the real service under load, against its raw parts, in one run.
 
 Builds (once) a bundle of 100,000 items with synthetic clustered vectors and realistic-cost
-encoders (tests/service/bundle_factory.py), then measures on this machine:
+encoders (offline/export/synthetic_bundle.py), then measures on this machine:
   * the raw parts in-process: FAISS search + Redis GET per query, the ONNX encoders' items/s;
   * `python -m service --workers N` in a subprocess, driven by wrk (a C load generator, so the
     generator's own CPU use stays small: `apt-get install wrk`): recommendations p50/p95/p99 and
@@ -46,8 +46,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 def _build(bundle_dir: Path, items: int, users: int, index: str, search_params: str) -> None:
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "service")]
-    from bundle_factory import build_scale_bundle
+    from offline.export.synthetic_bundle import build_scale_bundle
 
     build_scale_bundle(bundle_dir, n_items=items, n_users=users, index_factory=index, search_params=search_params)
 
@@ -58,8 +57,9 @@ def forget_cached_users(redis_url: str, bundle_version: str, first_user: int = 0
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    keys = [key for key in client.scan_iter(f"cliper:{bundle_version}:user:user-*", count=10_000)
-            if int(key.split(b":")[3].removeprefix(b"user-")) >= first_user]
+    # keys are cliper:{bundle}:{store}:user:{user_id}:{generation} (service.cache.cache_key)
+    keys = [key for key in client.scan_iter(f"cliper:{bundle_version}:*:user:user-*", count=10_000)
+            if int(key.split(b":")[4].removeprefix(b"user-")) >= first_user]
     for start in range(0, len(keys), 10_000):
         client.delete(*keys[start : start + 10_000])
 

