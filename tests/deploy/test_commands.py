@@ -5,7 +5,8 @@ environment, volumes, healthcheck) and combined as Docker does; only what a cont
 machine has not is substituted: a temporary folder for the container's /data (where the volumes
 mount), this interpreter's environment for /opt/venv (with the repository on PYTHONPATH, as the
 image pip-installs it), the repository file for a file the image COPYs in, 127.0.0.1 for the
-compose host name `redis`, and a free port for 8000 (which may be taken here). Containers made
+compose host names `redis` and `postgres` (the local PostgreSQL, with a database of the test's own
+in place of the compose one), and a free port for 8000 (which may be taken here). Containers made
 with the same root share their /data, as compose services share named volumes.
 """
 
@@ -15,6 +16,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -26,6 +30,10 @@ REPO = Path(__file__).resolve().parents[2]
 Completed = subprocess.CompletedProcess[str]
 # A small synthetic shop and the pipeline's smoke profile: `docker compose run offline --fast`.
 SMALL_SHOP = {"SYNTH_ARGS": "--items 150 --users 80 --corpus-items 100"}
+# The PostgreSQL of these machines; PGPORT and PGUSER (a superuser) point at another.
+POSTGRES_PORT = os.environ.get("PGPORT", "5432")
+POSTGRES_ADMIN = ["psql", "-h", "127.0.0.1", "-p", POSTGRES_PORT, "-U", os.environ.get("PGUSER", "postgres"),
+                  "-v", "ON_ERROR_STOP=1", "-tAq"]
 
 
 def interpolate(value: str) -> str:
@@ -42,8 +50,8 @@ def free_port() -> int:
 class Container:
     """What one compose service's container runs, mapped onto this machine."""
 
-    def __init__(self, image, service: dict, root: Path, port: int = 8000) -> None:
-        self.image, self.service, self.root, self.port = image, service, root, port
+    def __init__(self, image, service: dict, root: Path, port: int = 8000, database: str | None = None) -> None:
+        self.image, self.service, self.root, self.port, self.database = image, service, root, port, database
         (root / "data").mkdir(exist_ok=True)
         self.paths = {"/data": str(root / "data"), "/opt/venv": sys.prefix}
         for copy in image.instructions("COPY"):
@@ -53,7 +61,8 @@ class Container:
     def local(self, value: str) -> str:
         for container_path, local_path in self.paths.items():
             value = re.sub(rf"{re.escape(container_path)}(?=/|:|$)", local_path, value)
-        return value.replace("redis://redis:", "redis://127.0.0.1:")
+        value = value.replace("redis://redis:", "redis://127.0.0.1:")
+        return re.sub(r"@postgres:\d+/(\w+)", lambda m: f"@127.0.0.1:{POSTGRES_PORT}/{self.database or m[1]}", value)
 
     @property
     def env(self) -> dict[str, str]:
@@ -92,6 +101,27 @@ class Container:
         test = self.service["healthcheck"]["test"]
         assert test[0] == "CMD"
         return subprocess.run(test[1:], env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def psql(sql: str, database: str = "postgres") -> str:
+    return subprocess.run(POSTGRES_ADMIN + ["-d", database, "-c", sql], capture_output=True, text=True,
+                          timeout=60, check=True).stdout.strip()
+
+
+@contextmanager
+def compose_database(postgres: dict) -> Iterator[str]:
+    """What the postgres image makes on its first start from POSTGRES_USER, POSTGRES_PASSWORD and
+    POSTGRES_DB, in the local server: that user, and a database of this test's own, dropped after."""
+    env = {name: interpolate(str(value)) for name, value in postgres["environment"].items()}
+    user, password = env["POSTGRES_USER"], env["POSTGRES_PASSWORD"]
+    psql(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}') THEN "
+         f"CREATE ROLE {user} LOGIN PASSWORD '{password}'; END IF; END $$")
+    database = f"{env['POSTGRES_DB']}_compose_{uuid.uuid4().hex[:8]}"
+    psql(f"CREATE DATABASE {database} OWNER {user}")
+    try:
+        yield database
+    finally:
+        psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
 def bundle_files(bundle: Path) -> dict[str, tuple[int, int]]:
@@ -141,6 +171,21 @@ def test_api_healthcheck_fails_while_nothing_answers(service_image, compose: dic
     assert time.monotonic() - started < 10  # well inside the compose `timeout`
 
 
+def test_postgres_healthcheck_passes_once_the_server_accepts_connections(compose: dict) -> None:
+    """pg_isready as compose runs it: 0 against the local server, 2 where nothing answers."""
+    test = compose["services"]["postgres"]["healthcheck"]["test"]
+    assert test[0] == "CMD"
+
+    def check(port: str) -> Completed:
+        env = os.environ | {"PGPORT": port}  # the container's server listens on the default port
+        return subprocess.run(test[1:], env=env, capture_output=True, text=True, timeout=30, check=False)
+
+    up = check(POSTGRES_PORT)
+    assert up.returncode == 0 and "accepting connections" in up.stdout, up.stdout + up.stderr
+    down = check(str(free_port()))
+    assert down.returncode == 2 and "no response" in down.stdout, down.stdout + down.stderr
+
+
 @pytest.mark.slow
 def test_offline_entrypoint_builds_a_verified_bundle_once(built) -> None:
     offline, first = built
@@ -153,12 +198,8 @@ def test_offline_entrypoint_builds_a_verified_bundle_once(built) -> None:
     assert bundle_files(bundle) == before
 
 
-@pytest.mark.slow
-def test_api_command_serves_the_bundle_the_offline_job_wrote(built, service_image, compose: dict) -> None:
-    """`python -m service` with the compose environment: live, then healthy; the bundle untouched."""
-    offline, first = built
-    assert first.returncode == 0, "the offline job failed, so compose would not start the API"
-    api = Container(service_image, compose["services"]["api"], offline.root, port=free_port())
+def serve_until_healthy(api: Container, offline: Container) -> str:
+    """Runs the API until its healthcheck passes; what it printed."""
     bundle = api.volume("bundle")
     assert bundle == offline.volume("bundle")  # one named volume, written by one, read by the other
     before = bundle_files(bundle)
@@ -175,4 +216,19 @@ def test_api_command_serves_the_bundle_the_offline_job_wrote(built, service_imag
         server.terminate()
         output = server.communicate(timeout=30)[0]
     assert bundle_files(bundle) == before, "the API wrote into its read-only bundle volume"
-    assert (Path(api.env["CLIPER_DATA_DIR"]) / "service.sqlite3").is_file(), output[-2000:]
+    return output
+
+
+@pytest.mark.slow
+def test_api_command_serves_the_bundle_the_offline_job_wrote(built, service_image, compose: dict) -> None:
+    """`python -m service` with the compose environment: live, then healthy; the bundle untouched,
+    the catalog in PostgreSQL."""
+    offline, first = built
+    assert first.returncode == 0, "the offline job failed, so compose would not start the API"
+    with compose_database(compose["services"]["postgres"]) as database:
+        api = Container(service_image, compose["services"]["api"], offline.root, port=free_port(), database=database)
+        output = serve_until_healthy(api, offline)
+        tables = psql("SELECT count(*) FROM information_schema.tables "
+                      "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')", database)
+    assert int(tables) > 0, f"the API made no table in its PostgreSQL store\n{output[-2000:]}"
+    assert not (Path(api.env["CLIPER_DATA_DIR"]) / "service.sqlite3").exists()
