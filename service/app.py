@@ -32,7 +32,7 @@ from service.follower import StoreFollower
 from service.popularity import Popularity
 from service.recommend import RecommendationService
 from service.state import Services
-from service.store import Store
+from service.store import open_store
 from service.users import UserState
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ def build_services(settings: Settings, cache: UserVectorCache, metrics: Metrics)
     encoder.warm_up()
     index = ItemIndex(bundle.index, bundle.item_ids, bundle.item_vectors, settings.search_threads)
     index.search(bundle.item_vectors[:1], 10)  # warm-up
-    store = Store(settings.resolved_data_dir, settings.idempotency_ttl_s)
+    store_url = None if settings.store_url is None else settings.store_url.get_secret_value()
+    store = open_store(store_url, settings.resolved_data_dir, settings.idempotency_ttl_s)
     users = UserState(bundle)
     popularity = Popularity(bundle, index)
     follower = StoreFollower(store, index, users, popularity, metrics, version)
@@ -92,6 +93,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await cache.problem()  # a Redis down at start-up is logged and shows in cliper_cache_up at once
     services.items.start()
     services.recommendations.searcher.start()
+    services.follower.follow(asyncio.get_running_loop())
     app.state.services = services
     try:
         yield

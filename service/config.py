@@ -8,6 +8,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.fetch import check_prefix
 from service.idempotency import DEFAULT_TTL_S as DEFAULT_IDEMPOTENCY_TTL_S
+from service.store.url import check_store_url
 
 DEFAULT_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -23,6 +24,10 @@ class Settings(BaseSettings):
     verify_bundle: bool = Field(True, description="check every bundle file's sha256 at start-up")
     data_dir: Path | None = Field(
         None, description="where ingested items and interactions are kept (default: BUNDLE/../service-data)"
+    )
+    store_url: SecretStr | None = Field(
+        None, description="PostgreSQL shared by replicas on several hosts (postgresql://user:password@host:5432/db); "
+        "unset = SQLite in the data dir (one host)"
     )
     redis_url: str | None = Field(None, description="Redis for the user-vector cache; unset = in-process LRU")
     redis_timeout_s: float = Field(0.25, gt=0, description="Redis socket timeout")
@@ -82,6 +87,13 @@ class Settings(BaseSettings):
     @classmethod
     def _check_url_prefixes(cls, entries: list[str]) -> list[str]:
         return [check_prefix(entry) for entry in entries]
+
+    @field_validator("store_url")
+    @classmethod
+    def _check_store_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None:
+            check_store_url(url.get_secret_value())
+        return url
 
     @property
     def resolved_data_dir(self) -> Path:

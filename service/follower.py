@@ -1,21 +1,30 @@
 """Keeps one process's live state in step with the store's logs.
 
-The store (SQLite in the data dir) is the source of truth; the index, the users' fold-in sums
-and the popularity counts of a process are a projection of its two logs, item changes and
-interactions. `catch_up` applies whatever was appended since it last looked, in log order, so
-every worker process serving the same data dir ends in the same state, and a change written by
-one worker is seen by the next request to any worker (the check costs one `PRAGMA`).
+The store (SQLite in the data dir, or a PostgreSQL shared by replicas) is the source of truth;
+the index, the users' fold-in sums and the popularity counts of a process are a projection of
+its two logs, item changes and interactions. `catch_up` applies whatever was appended since it
+last looked, in log order, so every process serving the same store ends in the same state, and
+a change written by one process is seen by the next request to any other (the check costs one
+`PRAGMA` on SQLite, one indexed query on PostgreSQL).
 
 Writers only append to the store; every request first calls `catch_up` (a dependency of every
-handler, `service.api.deps.get_services`), which applies a worker's own changes like anyone
-else's. `catch_up` must run on one thread (the event loop's, after start-up).
+handler, `service.api.deps.get_services`), which applies a process's own changes like anyone
+else's. Where the store can tell of other processes' commits (PostgreSQL's NOTIFY), `follow`
+also catches up as soon as it is told, so an idle replica does not wait for a request.
+`catch_up` must run on one thread (the event loop's, after start-up).
 """
+
+import asyncio
+import logging
+import threading
 
 from service.index import ItemIndex
 from service.metrics import Metrics
 from service.popularity import Popularity
 from service.store import ItemChange, Store, StoredInteraction
 from service.users import UserState
+
+log = logging.getLogger(__name__)
 
 
 class StoreFollower:
@@ -31,6 +40,7 @@ class StoreFollower:
         self.bundle_version = bundle_version
         self._item_seq = 0
         self._interaction_seq = 0
+        self._scheduled = threading.Event()  # a background catch-up is queued on the loop
 
     def catch_up(self) -> None:
         if not self.store.changed():
@@ -42,6 +52,23 @@ class StoreFollower:
             self._apply_interaction(interaction)
             self._interaction_seq = seq
         self.metrics.index_size.set(self.index.size)
+
+    def follow(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Catch up on `loop` whenever the store tells of a commit (from its own thread); many
+        notifications while one catch-up waits for the loop make one catch-up."""
+        def wake() -> None:
+            if not self._scheduled.is_set():
+                self._scheduled.set()
+                loop.call_soon_threadsafe(self._catch_up_in_background)
+
+        self.store.watch(wake)
+
+    def _catch_up_in_background(self) -> None:
+        self._scheduled.clear()  # before catching up: a commit from now on queues another
+        try:
+            self.catch_up()
+        except Exception:  # the store unreachable: the next notification, poll or request retries
+            log.exception("could not apply the store's logs")
 
     def _apply_item(self, change: ItemChange) -> None:
         if change.vector is None:

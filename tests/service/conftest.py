@@ -10,6 +10,7 @@ import pytest
 from bundle_factory import FactoryBundle, build_bundle
 from fastapi.testclient import TestClient
 from service_testing import RedisServer
+from store_testing import BACKENDS, Database, create_postgres_database, drop_postgres_database
 
 from service.app import create_app
 from service.config import Settings
@@ -22,12 +23,49 @@ def factory(tmp_path_factory: pytest.TempPathFactory) -> FactoryBundle:
     return build_bundle(tmp_path_factory.mktemp("factory") / "bundle")
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `both_stores` that use a store run on SQLite and on PostgreSQL."""
+    if "store_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_stores"):
+        metafunc.parametrize("store_backend", BACKENDS)
+
+
 @pytest.fixture
-def make_settings(factory: FactoryBundle, tmp_path: Path) -> Callable[..., Settings]:
-    """Settings for the factory bundle with a per-test data dir; keyword overrides."""
+def store_backend() -> str:
+    """SQLite, unless the test is marked `both_stores` (then parametrized over both)."""
+    return "sqlite"
+
+
+@pytest.fixture
+def make_database(store_backend: str, tmp_path: Path) -> Iterator[Callable[[], Database]]:
+    """`make_database()`: another fresh store of the test's backend (dropped after the test)."""
+    made: list[Database] = []
+
+    def make() -> Database:
+        data_dir = tmp_path / ("data" if not made else f"data-{len(made)}")
+        url = create_postgres_database() if store_backend == "postgresql" else None
+        made.append(Database(store_backend, data_dir, url))
+        return made[-1]
+
+    yield make
+    for database in made:
+        for store in database.opened:
+            store.close()
+        if database.url is not None:
+            drop_postgres_database(database.url)
+
+
+@pytest.fixture
+def database(make_database: Callable[[], Database]) -> Database:
+    """The test's store: SQLite in `tmp_path / "data"`, or a fresh PostgreSQL database."""
+    return make_database()
+
+
+@pytest.fixture
+def make_settings(factory: FactoryBundle, database: Database) -> Callable[..., Settings]:
+    """Settings for the factory bundle with the test's store (a per-test data dir); keyword overrides."""
 
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"bundle": factory.path, "data_dir": tmp_path / "data"}
+        values: dict[str, Any] = {"bundle": factory.path, "data_dir": database.data_dir, "store_url": database.url}
         values.update(overrides)
         return Settings(**values)
 

@@ -6,40 +6,36 @@ through the service's own write path and its reply dropped, then the service res
 client retries over HTTP.
 """
 
-import sqlite3
 import threading
 import time
-from pathlib import Path
 
+import pytest
 from bundle_factory import FactoryBundle, prototype_item
 from service_testing import item_body
+from store_testing import Database
 
 from service.idempotency import IdempotentRequest, Reply, fingerprint
-from service.store import Store
+
+pytestmark = pytest.mark.both_stores
 
 
-def rows(database: Path, table: str) -> int:
-    with sqlite3.connect(database) as db:
-        return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-
-
-def test_a_committed_but_unacknowledged_write_is_replayed_after_a_restart(make_client, factory: FactoryBundle) -> None:
+def test_a_committed_but_unacknowledged_write_is_replayed_after_a_restart(make_client, factory: FactoryBundle,
+                                                                         database: Database) -> None:
     item = factory.items[3].item_id
     body = {"item_ids": [item]}
     with make_client() as client:
         services = client.app.state.services
         once = IdempotentRequest("lost-answer", fingerprint("POST", "/users/crasher/interactions", body))
         lost = client.portal.call(services.interactions.record, "crasher", [item], once)  # never sent
-        database = services.store.path
     with make_client() as client:  # the restarted service
         retried = client.post("/users/crasher/interactions", json=body, headers={"Idempotency-Key": "lost-answer"})
         assert retried.status_code == lost.status == 201
         assert retried.json() == lost.body and retried.headers["idempotent-replayed"] == "true"
         assert retried.json()["interactions_since_bundle"] == 1
-    assert rows(database, "interactions") == 1
+    assert database.count("interactions") == 1
 
 
-def test_a_key_holds_across_workers(make_client, factory: FactoryBundle) -> None:
+def test_a_key_holds_across_workers(make_client, factory: FactoryBundle, database: Database) -> None:
     body = {"item_ids": [factory.items[0].item_id, factory.items[1].item_id]}
     with make_client() as first, make_client() as second:  # two workers over one data dir
         answer = first.post("/users/shared/interactions", json=body, headers={"Idempotency-Key": "w-1"})
@@ -60,14 +56,12 @@ def test_a_key_holds_across_workers(make_client, factory: FactoryBundle) -> None
         for thread in threads:
             thread.join()
         assert sorted(outcomes) in ([201, 201], [201, 409]), outcomes  # 409 only while the first is in flight
-        database = first.app.state.services.store.path
-    assert rows(database, "interactions") == 2
-    with sqlite3.connect(database) as db:
-        assert db.execute("SELECT COUNT(*) FROM item_changes WHERE item_id = 'raced'").fetchone()[0] == 1
+    assert database.count("interactions") == 2
+    assert database.count("item_changes", "item_id = 'raced'") == 1
 
 
-def test_expired_keys_are_purged_a_few_per_new_key(tmp_path: Path) -> None:
-    store = Store(tmp_path, idempotency_ttl_s=0.3)
+def test_expired_keys_are_purged_a_few_per_new_key(database: Database) -> None:
+    store = database.open(idempotency_ttl_s=0.3)
     reply = Reply(201, {"ok": True})
 
     def remember(key: str) -> None:
@@ -80,10 +74,10 @@ def test_expired_keys_are_purged_a_few_per_new_key(tmp_path: Path) -> None:
     time.sleep(0.4)
     assert store.recall(IdempotentRequest("a", "f")) is None  # expired: forgotten, even before a purge
     remember("f")
-    assert rows(store.path, "idempotency_keys") == 4  # each new key purges at most 2 expired ones
+    assert database.count("idempotency_keys") == 4  # each new key purges at most 2 expired ones
     remember("g")
     remember("h")
-    assert rows(store.path, "idempotency_keys") == 3  # f, g and h
+    assert database.count("idempotency_keys") == 3  # f, g and h
 
 
 def test_a_refused_write_keeps_its_key_free(client, factory: FactoryBundle) -> None:

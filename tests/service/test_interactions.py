@@ -1,14 +1,17 @@
 """POST /users/{id}/interactions: seen exclusion, cache invalidation, the fold-in rule, Idempotency-Key."""
 
-import sqlite3
 import time
 
 import numpy as np
+import pytest
 from bundle_factory import FactoryBundle, prototype_item
 from fastapi.testclient import TestClient
 from service_testing import item_body
+from store_testing import Database
 
 from cliper.bundle import read_bundle
+
+pytestmark = pytest.mark.both_stores
 
 
 def recommend(client: TestClient, user: str, k: int = 10) -> dict:
@@ -89,13 +92,12 @@ def test_interactions_raise_popularity(client: TestClient, factory: FactoryBundl
     assert recommend(client, "nobody-yet", k=1)["items"][0]["item_id"] == rare
 
 
-def count_rows(client: TestClient, user: str) -> int:
-    database = client.app.state.services.store.path
-    with sqlite3.connect(database) as db:
-        return db.execute("SELECT COUNT(*) FROM interactions WHERE user_id = ?", (user,)).fetchone()[0]
+def count_rows(database: Database, user: str) -> int:
+    return database.count("interactions", "user_id = ?", user)
 
 
-def test_a_retry_with_its_idempotency_key_records_once(client: TestClient, factory: FactoryBundle) -> None:
+def test_a_retry_with_its_idempotency_key_records_once(client: TestClient, factory: FactoryBundle,
+                                                       database: Database) -> None:
     item = factory.items[0].item_id
     sent = [client.post("/users/retrier/interactions", json={"item_ids": [item]}, headers={"Idempotency-Key": "k-1"})
             for _ in range(3)]
@@ -103,11 +105,12 @@ def test_a_retry_with_its_idempotency_key_records_once(client: TestClient, facto
     assert sent[1].json() == sent[2].json() == sent[0].json()
     assert sent[0].json()["interactions_since_bundle"] == 1
     assert "idempotent-replayed" not in sent[0].headers and sent[1].headers["idempotent-replayed"] == "true"
-    assert count_rows(client, "retrier") == 1
+    assert count_rows(database, "retrier") == 1
     assert interact(client, "retrier", [item])["interactions_since_bundle"] == 2  # no key: a new interaction
 
 
-def test_a_key_reused_for_another_request_is_refused(client: TestClient, factory: FactoryBundle) -> None:
+def test_a_key_reused_for_another_request_is_refused(client: TestClient, factory: FactoryBundle,
+                                                     database: Database) -> None:
     first, second = factory.items[0].item_id, factory.items[1].item_id
     key = {"Idempotency-Key": "order-7"}
     assert client.post("/users/u-a/interactions", json={"item_ids": [first]}, headers=key).status_code == 201
@@ -115,19 +118,21 @@ def test_a_key_reused_for_another_request_is_refused(client: TestClient, factory
         refused = client.post(f"/users/{user}/interactions", json={"item_ids": items}, headers=key)
         assert refused.status_code == 422, refused.text
         assert "Idempotency-Key" in refused.json()["detail"] and "new key" in refused.json()["detail"]
-    assert (count_rows(client, "u-a"), count_rows(client, "u-b")) == (1, 0)
+    assert (count_rows(database, "u-a"), count_rows(database, "u-b")) == (1, 0)
 
 
-def test_a_bad_idempotency_key_says_what_to_send(client: TestClient, factory: FactoryBundle) -> None:
+def test_a_bad_idempotency_key_says_what_to_send(client: TestClient, factory: FactoryBundle,
+                                                 database: Database) -> None:
     for bad in ("", "x" * 256, "tab\there"):
         response = client.post("/users/u1/interactions", json={"item_ids": [factory.items[0].item_id]},
                                headers={"Idempotency-Key": bad})
         assert response.status_code == 422, (bad, response.text)
         assert "Idempotency-Key" in response.json()["detail"]
-    assert count_rows(client, "u1") == 0
+    assert count_rows(database, "u1") == 0
 
 
-def test_duplicate_ids_in_one_call_count_once(client: TestClient, factory: FactoryBundle) -> None:
+def test_duplicate_ids_in_one_call_count_once(client: TestClient, factory: FactoryBundle,
+                                              database: Database) -> None:
     bundle = read_bundle(factory.path)
     user = "user-005"
     a, b = [item.item_id for item in factory.items if item.cluster == 1][:2]
@@ -138,7 +143,7 @@ def test_duplicate_ids_in_one_call_count_once(client: TestClient, factory: Facto
     got = recommend(client, user, k=5)
     ids = [entry["item_id"] for entry in got["items"]]
     np.testing.assert_allclose([entry["score"] for entry in got["items"]], vectors(client, ids) @ expected, rtol=1e-4)
-    assert count_rows(client, user) == 2
+    assert count_rows(database, user) == 2
 
 
 def test_keys_expire(make_client, factory: FactoryBundle) -> None:

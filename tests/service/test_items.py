@@ -12,6 +12,8 @@ from service_testing import item_body
 from service.app import create_app
 from service.config import Settings
 
+pytestmark = pytest.mark.both_stores  # every test with a store runs on SQLite and PostgreSQL
+
 
 def vector_of(client: TestClient, item_id: str) -> np.ndarray:
     response = client.get(f"/items/{item_id}", params={"include_vector": True})

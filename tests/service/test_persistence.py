@@ -1,10 +1,12 @@
-"""A restart replays everything acknowledged: items, replacements, deletions, interactions."""
-
-import sqlite3
+"""A restart replays everything acknowledged: items, replacements, deletions, interactions (both store backends)."""
 
 import numpy as np
+import pytest
 from bundle_factory import FactoryBundle, prototype_item
 from service_testing import item_body
+from store_testing import Database
+
+pytestmark = pytest.mark.both_stores
 
 
 def state(client, users: list[str], item_ids: list[str]) -> dict:
@@ -38,17 +40,14 @@ def test_restart_replays_acknowledged_changes(make_client, factory: FactoryBundl
     assert not {"new-mug", replaced} & {entry["item_id"] for entry in after["recs"]["user-000"]}
 
 
-def test_items_stored_under_another_bundle_are_re_encoded(make_client, make_settings) -> None:
+def test_items_stored_under_another_bundle_are_re_encoded(make_client, database: Database) -> None:
     item = prototype_item(1, "old-model-item")
     with make_client() as client:
         client.post("/items", json=item_body(item))
         fresh = client.get("/items/old-model-item", params={"include_vector": True}).json()["vector"]
-    database = make_settings().resolved_data_dir / "service.sqlite3"
-    with sqlite3.connect(database) as db:  # pretend an older model wrote it
-        db.execute("UPDATE items SET bundle_version = 'older', vector = ? WHERE item_id = 'old-model-item'",
-                   (np.zeros(16, dtype=np.float32).tobytes(),))
+    database.query("UPDATE items SET bundle_version = 'older', vector = ? WHERE item_id = 'old-model-item'",
+                   np.zeros(16, dtype=np.float32).tobytes())  # pretend an older model wrote it
     with make_client() as client:
         replayed = client.get("/items/old-model-item", params={"include_vector": True}).json()["vector"]
     np.testing.assert_allclose(replayed, fresh, atol=1e-6)
-    with sqlite3.connect(database) as db:
-        assert db.execute("SELECT bundle_version FROM items").fetchone()[0] != "older"
+    assert database.query("SELECT bundle_version FROM items")[0][0] != "older"

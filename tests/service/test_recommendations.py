@@ -1,10 +1,13 @@
 """GET /users/{id}/recommendations: model ranking, seen items excluded, popularity fallback."""
 
 import numpy as np
+import pytest
 from bundle_factory import FactoryBundle
 from fastapi.testclient import TestClient
 
 from cliper.bundle import read_bundle
+
+pytestmark = pytest.mark.both_stores  # every test with a store runs on SQLite and PostgreSQL
 
 
 def recommend(client: TestClient, user: str, k: int = 10) -> dict:

@@ -1,7 +1,8 @@
 """Several worker processes over one data dir stay in step through the store's logs.
 
-Two apps in one test process over the same data dir behave like two workers: each has its own
-index and users, and sees the other's writes on its next request.
+Two apps in one test process over the same store behave like two workers (SQLite) or two
+replicas (PostgreSQL): each has its own index and users, and sees the other's writes on its next
+request. Every test that uses a store runs on both backends.
 """
 
 import sqlite3
@@ -13,10 +14,13 @@ import numpy as np
 import pytest
 from bundle_factory import FactoryBundle, prototype_item
 from service_testing import item_body
+from store_testing import Database
 
 from service.errors import Conflict
 from service.follower import StoreFollower
-from service.store import ItemWrite, Store, StoredItem
+from service.store import ItemWrite, SqliteStore, Store, StoredItem
+
+pytestmark = pytest.mark.both_stores
 
 
 def top_ids(client, user: str, k: int = 5) -> list[str]:
@@ -47,10 +51,12 @@ def test_a_write_to_one_worker_is_seen_by_the_other(make_client, factory: Factor
 
 
 def test_every_request_catches_up_once(client, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One request-scoped step applies what other workers wrote, whatever the endpoint."""
+    """One request-scoped step applies what other workers wrote, whatever the endpoint (the
+    catch-ups a PostgreSQL notification starts, between requests, are not counted)."""
     calls: list[str] = []
     catch_up = StoreFollower.catch_up
     monkeypatch.setattr(StoreFollower, "catch_up", lambda self: (calls.append("catch_up"), catch_up(self))[1])
+    monkeypatch.setattr(StoreFollower, "_catch_up_in_background", catch_up)
     requests = {
         "POST /items": lambda: client.post("/items", json=item_body(prototype_item(0, "once"))),
         "GET /items/once": lambda: client.get("/items/once"),
@@ -65,8 +71,8 @@ def test_every_request_catches_up_once(client, monkeypatch: pytest.MonkeyPatch) 
         assert len(calls) == 1, f"{name} caught up {len(calls)} times"
 
 
-def test_two_stores_cannot_both_create_one_item(tmp_path: Path) -> None:
-    stores = [Store(tmp_path), Store(tmp_path)]
+def test_two_stores_cannot_both_create_one_item(database: Database) -> None:
+    stores = [database.open(), database.open()]
     item = StoredItem("contested", {"title": "a"}, np.ones(4, dtype=np.float32), "v1", datetime.now(UTC), b"img")
     outcomes: list[str] = []
     barrier = threading.Barrier(2)
@@ -88,8 +94,8 @@ def test_two_stores_cannot_both_create_one_item(tmp_path: Path) -> None:
     assert [change.item_id for change in stores[0].item_changes(after=0)] == ["contested"]
 
 
-def test_items_written_together_get_one_outcome_each(tmp_path: Path) -> None:
-    store = Store(tmp_path)
+def test_items_written_together_get_one_outcome_each(database: Database) -> None:
+    store = database.open()
 
     def write(item_id: str, replace: bool = False, in_bundle: bool = False) -> ItemWrite:
         item = StoredItem(item_id, {"title": item_id}, np.ones(4, dtype=np.float32), "v1", datetime.now(UTC), b"img")
@@ -121,22 +127,24 @@ def test_a_schema_1_store_is_migrated_with_its_log_rebuilt(tmp_path: Path) -> No
         db.execute("INSERT INTO items VALUES ('kept', '{}', x'00', ?, 'v1', '2026-01-01T00:00:00+00:00')",
                    (np.full(4, 2, dtype=np.float32).tobytes(),))
         db.execute("INSERT INTO deleted_items VALUES ('gone', '2026-01-01T00:00:00+00:00')")
-    changes = Store(tmp_path).item_changes(after=0)
+    changes = SqliteStore(tmp_path).item_changes(after=0)
     assert [(change.item_id, change.vector is None) for change in changes] == [("gone", True), ("kept", False)]
     np.testing.assert_array_equal(changes[1].vector, np.full(4, 2, dtype=np.float32))
 
 
-def test_the_store_keeps_the_identity_it_was_created_with(tmp_path: Path) -> None:
-    first = Store(tmp_path / "a")
+def test_the_store_keeps_the_identity_it_was_created_with(database: Database, make_database) -> None:
+    first = database.open()
     identity = first.identity()
     first.close()
-    assert Store(tmp_path / "a").identity() == identity  # reopened (a restart, another worker)
-    assert Store(tmp_path / "b").identity() != identity  # another (or a wiped) data dir
+    assert database.open().identity() == identity  # reopened (a restart, another worker or replica)
+    assert make_database().open().identity() != identity  # another (or a wiped) database
 
 
-def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    Store(tmp_path).close()
-    with sqlite3.connect(tmp_path / "service.sqlite3") as db:
-        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+def test_a_newer_schema_is_refused(database: Database) -> None:
+    database.open().close()
+    if database.backend == "sqlite":
+        database.query("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    else:  # a newer release applied its migration 99
+        database.query("INSERT INTO schema_version (version, name) VALUES (99, '0099_future.sql')")
     with pytest.raises(RuntimeError, match="schema version 99"):
-        Store(tmp_path)
+        database.open()

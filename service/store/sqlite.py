@@ -1,19 +1,13 @@
-"""Durable log of what clients changed: ingested items, withdrawn items, interactions.
+"""The SQLite backend: one file in the data dir, shared by the worker processes of one host.
 
-SQLite in the data dir, WAL journal with `synchronous=FULL`: a write returns only once it is
-on disk, and the API answers only after the write returns, so an acknowledged change survives
-a crash. Items ingested together are written in one transaction (one disk sync for all).
-Every item write also appends to the `item_changes` log and every interaction has a sequence
-number: each worker process applies both logs, in order, to its own copy of the index and
-the users (`service.follower`), at start-up and whenever another process wrote.
-Conflicts (an existing id, a missing id) are decided inside the write transaction, so two
-processes cannot both create one item. Item images are kept so items can be re-encoded when a
-new bundle (another model) is deployed over the same data dir. Each database gets a random
-identity when it is created (`identity`), so what others keep about it (cached user vectors)
-is not mistaken for the state of a new database in a wiped data dir.
-
-Writes go through `Store.transaction()`, a `WriteTransaction` whose changes commit together; it
-also keeps idempotency keys with their replies (`service.idempotency`) in the same commit.
+WAL journal with `synchronous=FULL`: a write returns only once it is on disk, and the API
+answers only after the write returns, so an acknowledged change survives a crash. Items
+ingested together are written in one transaction (one disk sync for all). A write transaction
+starts with BEGIN IMMEDIATE, which takes SQLite's one write lock: its conflict checks cannot be
+raced, and the logs' sequence numbers (AUTOINCREMENT) are handed out in commit order. A second
+connection reads the logs; SQLite's `data_version` on it tells cheaply whether any connection
+has committed since it last looked (one `PRAGMA` per request). Item images are kept so items
+can be re-encoded when a new bundle (another model) is deployed over the same data dir.
 """
 
 import fcntl
@@ -24,14 +18,24 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
-from service.errors import Conflict, NotFound
+from service.errors import Conflict
 from service.idempotency import DEFAULT_TTL_S, IdempotentRequest, KeyReused, Reply
+from service.store.base import (
+    PURGE_PER_KEY,
+    ItemChange,
+    ItemWrite,
+    StoredInteraction,
+    StoredItem,
+    Store,
+    WriteTransaction,
+    blob_vector,
+    conflict,
+    not_found,
+    vector_blob,
+)
 
 SCHEMA_VERSION = 2
 _ITEM_COLUMNS = "item_id, fields, vector, bundle_version, created_at"
@@ -53,7 +57,6 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     created_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at)
 """
-PURGE_PER_KEY = 2  # expired keys deleted with each key stored: the table never outgrows the live ones by much
 # schema 1 had no item_changes log: it is rebuilt from the live tables (deletions, then items)
 _MIGRATE_FROM_1 = """
 INSERT INTO item_changes (item_id, vector, bundle_version, created_at)
@@ -63,54 +66,11 @@ INSERT INTO item_changes (item_id, vector, bundle_version, created_at)
 """
 
 
-@dataclass
-class StoredItem:
-    """An ingested item; `image` is only loaded when asked for (`Store.image`)."""
-
-    item_id: str
-    fields: dict[str, str]
-    vector: np.ndarray
-    bundle_version: str
-    created_at: datetime
-    image: bytes | None = None
-
-
-@dataclass
-class ItemWrite:
-    """One item to put: `in_bundle` says whether the id is one of the bundle's items (live
-    unless withdrawn); with `replace` off a live item is a conflict."""
-
-    item: StoredItem
-    in_bundle: bool
-    replace: bool
-
-
-@dataclass
-class StoredInteraction:
-    """One interaction with the item's vector at the time (so a replayed fold-in is exact)."""
-
-    user_id: str
-    item_id: str
-    vector: np.ndarray
-    bundle_version: str
-
-
-@dataclass
-class ItemChange:
-    """One entry of the item log: an item put (with its vector) or withdrawn (`vector` None)."""
-
-    seq: int
-    item_id: str
-    vector: np.ndarray | None
-    bundle_version: str | None
-
-
-class Store:
+class SqliteStore(Store):
     """The SQLite file `DATA_DIR/service.sqlite3`, shared by every worker process.
 
     Writes and look-ups go through one connection, safe from several threads. The logs are
-    read through a second connection by one thread at a time (the follower): SQLite's
-    `data_version` on it tells cheaply whether any connection has committed since it last looked.
+    read through a second connection by one thread at a time (the follower).
     """
 
     def __init__(self, data_dir: Path, idempotency_ttl_s: float = DEFAULT_TTL_S) -> None:
@@ -137,45 +97,17 @@ class Store:
         self._seen_data_version: int | None = None
 
     def identity(self) -> str:
-        """A random id given to this database when it was created (a wiped data dir gets a new one)."""
         return self._identity
 
-    def put_item(self, item: StoredItem, in_bundle: bool, replace: bool) -> bool:
-        """Insert or replace one item (its image is required) and log it; returns whether it
-        replaced a live item. `Conflict` when the item is live and `replace` is off."""
-        result = self.put_items([ItemWrite(item, in_bundle, replace)])[0]
-        if isinstance(result, Conflict):
-            raise result
-        return result
-
-    def put_items(self, writes: Sequence[ItemWrite]) -> list[bool | Conflict]:
-        """`put_item` for several items in one transaction, in order; per item, whether it
-        replaced a live item or the `Conflict` that kept it out (the others are written)."""
-        with self.transaction() as tx:
-            return [tx.put_item(write) for write in writes]
-
-    def delete_item(self, item_id: str, in_bundle: bool) -> None:
-        """Withdraw a live item (ingested or from the bundle) and log it; `NotFound` otherwise."""
-        with self.transaction() as tx:
-            tx.delete_item(item_id, in_bundle)
-
-    def add_interactions(self, rows: list[StoredInteraction]) -> None:
-        with self.transaction() as tx:
-            tx.add_interactions(rows)
-
     @contextmanager
-    def transaction(self) -> Iterator["WriteTransaction"]:
-        """One write transaction: it commits when the `with` body ends, or rolls back on an
-        exception. BEGIN IMMEDIATE takes SQLite's write lock first, so checks made inside it
-        cannot be raced by another process."""
+    def transaction(self) -> Iterator["SqliteWriteTransaction"]:
+        """BEGIN IMMEDIATE takes SQLite's write lock first, so checks made inside the
+        transaction cannot be raced by another process."""
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            yield WriteTransaction(self._db, self._idempotency_ttl_s)
+            yield SqliteWriteTransaction(self._db, self._idempotency_ttl_s)
 
     def recall(self, request: IdempotentRequest) -> Reply | None:
-        """The reply remembered under the request's key, None for a key not (or no longer) kept;
-        `KeyReused` when the key came with another request. A look-up only: a write decides again
-        inside its transaction (`WriteTransaction.once`)."""
         with self._lock:
             return _recall(self._db, request, self._idempotency_ttl_s)
 
@@ -189,7 +121,6 @@ class Store:
             return self._db.execute("SELECT image FROM items WHERE item_id = ?", (item_id,)).fetchone()[0]
 
     def items_from_other_bundles(self, bundle_version: str) -> list[StoredItem]:
-        """Ingested items (without images) stored under another bundle version, oldest write first."""
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {_ITEM_COLUMNS} FROM items WHERE bundle_version != ? ORDER BY rowid", (bundle_version,)
@@ -204,27 +135,28 @@ class Store:
             yield
 
     def changed(self) -> bool:
-        """Whether any connection committed since the last call (True the first time)."""
         version = self._log_reader.execute("PRAGMA data_version").fetchone()[0]
         changed, self._seen_data_version = version != self._seen_data_version, version
         return changed
 
     def item_changes(self, after: int) -> list[ItemChange]:
-        """The item log after sequence number `after`, in order."""
         rows = self._log_reader.execute(
             "SELECT seq, item_id, vector, bundle_version FROM item_changes WHERE seq > ? ORDER BY seq", (after,)
         )
-        return [ItemChange(seq, item_id, None if vector is None else np.frombuffer(vector, dtype=np.float32), version)
+        return [ItemChange(seq, item_id, None if vector is None else blob_vector(vector), version)
                 for seq, item_id, vector, version in rows]
 
     def interactions(self, after: int) -> list[tuple[int, StoredInteraction]]:
-        """Interactions after sequence number `after`, oldest first, with their sequence numbers."""
         rows = self._log_reader.execute(
             "SELECT seq, user_id, item_id, vector, bundle_version FROM interactions WHERE seq > ? ORDER BY seq",
             (after,),
         )
-        return [(seq, StoredInteraction(user_id, item_id, np.frombuffer(vector, dtype=np.float32), version))
+        return [(seq, StoredInteraction(user_id, item_id, blob_vector(vector), version))
                 for seq, user_id, item_id, vector, version in rows]
+
+    def watch(self, on_change: Callable[[], None]) -> None:
+        """Nothing to watch: SQLite cannot tell other processes of a commit; the workers of a
+        host check `data_version` before each request instead."""
 
     def close(self) -> None:
         with self._lock:
@@ -232,23 +164,17 @@ class Store:
             self._log_reader.close()
 
 
-class WriteTransaction:
-    """The changes of one `Store.transaction`: they are all committed together, or none is."""
+class SqliteWriteTransaction(WriteTransaction):
+    """The changes of one `SqliteStore.transaction`, made on its connection."""
 
     def __init__(self, db: sqlite3.Connection, idempotency_ttl_s: float) -> None:
         self._db = db
         self._ttl_s = idempotency_ttl_s
 
-    def once(self, request: IdempotentRequest | None, write: Callable[[], Reply]) -> Reply:
-        """`write()`'s reply, remembered under the request's key; or, for a key already used by
-        this request, the reply remembered then, without writing again. `KeyReused` for a key
-        used by another request; nothing is remembered when `write` raises."""
-        if request is None:
-            return write()
-        previous = _recall(self._db, request, self._ttl_s)
-        if previous is not None:
-            return previous
-        reply = write()
+    def recall(self, request: IdempotentRequest) -> Reply | None:
+        return _recall(self._db, request, self._ttl_s)
+
+    def remember(self, request: IdempotentRequest, reply: Reply) -> None:
         now = time.time()
         self._db.execute(
             "DELETE FROM idempotency_keys WHERE key IN "
@@ -257,33 +183,29 @@ class WriteTransaction:
         )
         self._db.execute("INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?, ?)",
                          (request.key, request.fingerprint, reply.status, json.dumps(reply.body), now))
-        return reply
 
     def put_item(self, write: ItemWrite) -> bool | Conflict:
-        """Store an item (its image is required) and log it: whether it replaced a live item,
-        or the `Conflict` that kept it out (live, and `replace` off)."""
         item = write.item
         if item.image is None:
             raise ValueError(f"item {item.item_id!r}: the image must be stored with the item")
         live = self._is_live(item.item_id, write.in_bundle)
         if live and not write.replace:
-            return Conflict(f"item {item.item_id!r} already exists; send replace=true to replace it")
+            return conflict(item.item_id)
         db = self._db
         db.execute("DELETE FROM items WHERE item_id = ?", (item.item_id,))
         db.execute(
             "INSERT INTO items (item_id, fields, image, vector, bundle_version, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (item.item_id, json.dumps(item.fields), item.image, _blob(item.vector), item.bundle_version,
+            (item.item_id, json.dumps(item.fields), item.image, vector_blob(item.vector), item.bundle_version,
              item.created_at.isoformat()),
         )
         db.execute("DELETE FROM deleted_items WHERE item_id = ?", (item.item_id,))
         db.execute("INSERT INTO item_changes (item_id, vector, bundle_version, created_at) VALUES (?, ?, ?, ?)",
-                   (item.item_id, _blob(item.vector), item.bundle_version, _now()))
+                   (item.item_id, vector_blob(item.vector), item.bundle_version, _now()))
         return live
 
     def delete_item(self, item_id: str, in_bundle: bool) -> None:
-        """Withdraw a live item (ingested or from the bundle) and log it; `NotFound` otherwise."""
         if not self._is_live(item_id, in_bundle):
-            raise NotFound(f"item {item_id!r} is not in the catalog (never ingested or already deleted)")
+            raise not_found(item_id)
         self._db.execute("DELETE FROM items WHERE item_id = ?", (item_id,))
         self._db.execute("INSERT OR REPLACE INTO deleted_items VALUES (?, ?)", (item_id, _now()))
         self._db.execute("INSERT INTO item_changes (item_id, vector, bundle_version, created_at) "
@@ -292,11 +214,10 @@ class WriteTransaction:
     def add_interactions(self, rows: Sequence[StoredInteraction]) -> None:
         self._db.executemany(
             "INSERT INTO interactions (user_id, item_id, vector, bundle_version, created_at) VALUES (?, ?, ?, ?, ?)",
-            [(r.user_id, r.item_id, _blob(r.vector), r.bundle_version, _now()) for r in rows],
+            [(r.user_id, r.item_id, vector_blob(r.vector), r.bundle_version, _now()) for r in rows],
         )
 
     def interaction_count(self, user_id: str) -> int:
-        """The user's interactions in the store, these included (every bundle version's)."""
         return self._db.execute("SELECT COUNT(*) FROM interactions WHERE user_id = ?", (user_id,)).fetchone()[0]
 
     def _is_live(self, item_id: str, in_bundle: bool) -> bool:
@@ -328,15 +249,11 @@ def _statements(script: str) -> list[str]:
     return [statement.strip() for statement in script.split(";") if statement.strip()]
 
 
-def _blob(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
 def _item(row: tuple) -> StoredItem:
     item_id, fields, vector, bundle_version, created_at = row
-    return StoredItem(item_id, json.loads(fields), np.frombuffer(vector, dtype=np.float32).copy(),
+    return StoredItem(item_id, json.loads(fields), blob_vector(vector).copy(),
                       bundle_version, datetime.fromisoformat(created_at))
