@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	bash scripts/ensure_redis.sh
+	bash scripts/ensure_postgres.sh
 	bash scripts/ensure_wrk.sh
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
