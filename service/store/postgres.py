@@ -78,6 +78,7 @@ class PostgresStore(Store):
         self._identity = self._log_reader.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
         self._pool = ConnectionPool(
             url, min_size=1, max_size=POOL_SIZE, open=True, name="cliper-store", configure=_configure,
+            check=ConnectionPool.check_connection,  # a connection cut since (a restart, a failover) is replaced
             kwargs={"autocommit": True, "application_name": "cliper-store", "connect_timeout": CONNECT_TIMEOUT_S},
         )
         self._seen: tuple[int, int] | None = None
@@ -128,24 +129,24 @@ class PostgresStore(Store):
                 db.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
     def changed(self) -> bool:
-        last = self._reader().execute(
+        last = self._read(
             "SELECT (SELECT coalesce(max(seq), 0) FROM item_changes), (SELECT coalesce(max(seq), 0) FROM interactions)"
-        ).fetchone()
+        )[0]
         changed, self._seen = last != self._seen, last
         return changed
 
     def item_changes(self, after: int) -> list[ItemChange]:
-        rows = self._reader().execute(
+        rows = self._read(
             "SELECT seq, item_id, vector, bundle_version FROM item_changes WHERE seq > %s ORDER BY seq", (after,)
-        ).fetchall()
+        )
         return [ItemChange(seq, item_id, None if vector is None else blob_vector(vector), version)
                 for seq, item_id, vector, version in rows]
 
     def interactions(self, after: int) -> list[tuple[int, StoredInteraction]]:
-        rows = self._reader().execute(
+        rows = self._read(
             "SELECT seq, user_id, item_id, vector, bundle_version FROM interactions WHERE seq > %s ORDER BY seq",
             (after,),
-        ).fetchall()
+        )
         return [(seq, StoredInteraction(user_id, item_id, blob_vector(vector), version))
                 for seq, user_id, item_id, vector, version in rows]
 
@@ -162,11 +163,16 @@ class PostgresStore(Store):
         self._pool.close()
         self._log_reader.close()
 
-    def _reader(self) -> psycopg.Connection:
-        """The follower's connection, opened again if it was lost (a database restart)."""
-        if self._log_reader.closed:
-            self._log_reader = _connect(self._url, "cliper-follower")
-        return self._log_reader
+    def _read(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """A query on the follower's connection; on a new connection once more if that one was
+        cut (a database restart or failover: the reads are safe to repeat)."""
+        try:
+            return self._log_reader.execute(query, params).fetchall()
+        except psycopg.OperationalError:
+            if not self._log_reader.closed:
+                raise
+        self._log_reader = _connect(self._url, "cliper-follower")
+        return self._log_reader.execute(query, params).fetchall()
 
 
 class PostgresWriteTransaction(WriteTransaction):

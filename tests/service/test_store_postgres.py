@@ -149,3 +149,15 @@ def test_a_silent_database_stops_start_up_without_showing_the_password(tmp_path:
         open_store("postgresql://shop:s3cret@127.0.0.1:1/shop", tmp_path)
     assert "s3cret" not in str(refused.value)
     assert isinstance(refused.value.__cause__, psycopg.OperationalError)
+
+
+def test_a_replica_survives_its_connections_being_cut(client: TestClient, database: Database) -> None:
+    """A database restart or failover cuts every connection: the next requests must not fail."""
+    assert client.post("/items", json=item_body(prototype_item(0, "before-the-cut"))).status_code == 201
+    cut = database.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    assert len(cut) >= 3  # the follower's, the pool's, the listener's
+    assert client.get("/users/user-000/recommendations").status_code == 200
+    assert client.get("/items/before-the-cut").status_code == 200
+    assert client.post("/items", json=item_body(prototype_item(1, "after-the-cut"))).status_code == 201
+    assert client.delete("/items/before-the-cut").status_code == 200
