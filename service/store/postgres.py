@@ -73,9 +73,13 @@ class PostgresStore(Store):
         try:
             self._log_reader = _connect(url, "cliper-follower")
         except psycopg.OperationalError as exc:
-            raise RuntimeError(f"the PostgreSQL store at {describe(url)} does not answer: {exc}") from exc
-        self.schema_version = migrate(self._log_reader)
-        self._identity = self._log_reader.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
+            raise RuntimeError(f"cannot connect to the PostgreSQL store at {describe(url)}: {exc}") from exc
+        try:
+            self.schema_version = migrate(self._log_reader)
+            self._identity = self._log_reader.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
+        except BaseException:
+            self._log_reader.close()
+            raise
         self._pool = ConnectionPool(
             url, min_size=1, max_size=POOL_SIZE, open=True, name="cliper-store", configure=_configure,
             check=ConnectionPool.check_connection,  # a connection cut since (a restart, a failover) is replaced
