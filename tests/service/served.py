@@ -29,12 +29,13 @@ class Served:
 
 
 @contextmanager
-def served(bundle: Path, data_dir: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[Served]:
-    """The service on 127.0.0.1:<free port>, ready; `flags` are `python -m service` flags."""
-    port = free_port()
+def served(bundle: Path, data_dir: Path, *flags: str, env: dict[str, str] | None = None,
+           port: int | None = None) -> Iterator[Served]:
+    """The service on 127.0.0.1:`port` (default: a free one), ready; `flags` are `python -m service` flags."""
+    port = port or free_port()
     log = data_dir.parent / f"{data_dir.name}-server.log"
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as output:  # a file, not a pipe: a full pipe would block the server's logging
+    with log.open("ab") as output:  # a file, not a pipe: a full pipe would block the server's logging
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "--bundle", str(bundle), "--data-dir", str(data_dir),
              "--port", str(port), "--log-level", "warning", *flags],
