@@ -1,7 +1,7 @@
 """App factory and lifespan: nothing happens at import; start-up builds every part onto app.state.
 
 Start-up order: read and verify the bundle, load and warm up the ONNX encoders, open the
-store, re-encode items stored by an older model, apply the store's logs to the index and the
+store, re-encode items written by other models (once for every replica: `service.reencode`), apply the store's logs to the index and the
 users, connect the cache. The app is ready (see /health/ready) once all of that is done; a cache
 that does not answer makes it `degraded`, not unready. Each worker process (`--workers N`) runs
 all of this for itself.
@@ -57,10 +57,11 @@ def build_services(settings: Settings, cache: UserVectorCache, metrics: Metrics)
     store = open_store(store_url, settings.resolved_data_dir, settings.idempotency_ttl_s)
     users = UserState(bundle)
     popularity = Popularity(bundle, index)
-    follower = StoreFollower(store, index, users, popularity, metrics, version)
     item_service = ItemService(encoder, index, store, metrics, version, bundle.item_ids,
                                settings.max_batch_size, settings.max_batch_wait_ms / 1000)
-    item_service.reencode_stale()
+    follower = StoreFollower(store, index, users, popularity, metrics, version,
+                             on_other_bundle=item_service.reencoder.request)
+    item_service.reencoder.run()  # items other models wrote get this one's vectors (`service.reencode`)
     follower.catch_up()
     log.info("applied the store's logs; index holds %d items", index.size)
     # a search thread pays off only where it can overlap the event loop: a GPU or a spare core

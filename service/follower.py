@@ -17,6 +17,7 @@ also catches up as soon as it is told, so an idle replica does not wait for a re
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 
 from service.index import ItemIndex
 from service.metrics import Metrics
@@ -31,13 +32,16 @@ class StoreFollower:
     """Applies the item and interaction logs after its two cursors."""
 
     def __init__(self, store: Store, index: ItemIndex, users: UserState, popularity: Popularity,
-                 metrics: Metrics, bundle_version: str) -> None:
+                 metrics: Metrics, bundle_version: str, on_other_bundle: Callable[[], None] = lambda: None) -> None:
+        """`on_other_bundle` is called for each item change skipped for its bundle version (so this
+        replica's model encodes the item: `service.reencode`)."""
         self.store = store
         self.index = index
         self.users = users
         self.popularity = popularity
         self.metrics = metrics
         self.bundle_version = bundle_version
+        self._on_other_bundle = on_other_bundle
         self._item_seq = 0
         self._interaction_seq = 0
         self._scheduled = threading.Event()  # a background catch-up is queued on the loop
@@ -75,7 +79,8 @@ class StoreFollower:
             self.index.remove(change.item_id)
         elif change.bundle_version == self.bundle_version:
             self.index.put(change.item_id, change.vector)
-        # else: written under another model; the start-up re-encoding logged a current version later
+        else:  # another model's vector, never indexed here: this model's comes later in the log
+            self._on_other_bundle()
 
     def _apply_interaction(self, interaction: StoredInteraction) -> None:
         """Fold the interaction in. One stored under another bundle version uses the item's

@@ -1,4 +1,5 @@
-"""Item ingestion, look-up and withdrawal, and the start-up re-encoding of items from older models.
+"""Item ingestion, look-up and withdrawal; items of other models are re-encoded by `reencoder`
+(`service.reencode`), which starts and stops with the service.
 
 An ingested item is decoded and prepared in a worker thread (bad input fails here, before any
 batching), encoded in a micro-batch with concurrent requests, persisted (items that reach the
@@ -12,15 +13,12 @@ the write, as counted when it wrote (a figure concurrent writers may move on at 
 """
 
 import asyncio
-import logging
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
 
 import numpy as np
-from tqdm import tqdm
 
 from service.batcher import MicroBatcher
 from service.encoders import ItemEncoder, PreparedItem
@@ -28,9 +26,9 @@ from service.errors import Conflict, NotFound, ServiceError
 from service.idempotency import IdempotentRequest, Reply
 from service.index import ItemIndex
 from service.metrics import Metrics
+from service.reencode import Reencoder
 from service.store import ItemWrite, Store, StoredItem, WriteTransaction
 
-log = logging.getLogger(__name__)
 ITEMS_PER_TRANSACTION = 64  # most items one store write takes from the queue
 
 
@@ -97,14 +95,17 @@ class ItemService:
         self.writer: MicroBatcher[PendingWrite, Reply | ServiceError] = MicroBatcher(
             self._write, max_size=ITEMS_PER_TRANSACTION, max_wait_s=0.0
         )
+        self.reencoder = Reencoder(encoder, store, bundle_version)
 
     def start(self) -> None:
         self.batcher.start()
         self.writer.start()
+        self.reencoder.start()
 
     async def stop(self) -> None:
         await self.batcher.stop()
         await self.writer.stop()
+        await asyncio.to_thread(self.reencoder.stop)
 
     async def ingest(self, item_id: str, fields: Mapping[str, str], image: bytes, replace: bool,
                      once: IdempotentRequest | None = None) -> Reply:
@@ -135,23 +136,6 @@ class ItemService:
         """Withdraw an item: it is no longer recommended (200 and a `Withdrawn` body)."""
         with self.metrics.timed("store"):
             return await asyncio.to_thread(self._delete, item_id, once)
-
-    def reencode_stale(self) -> None:
-        """Re-encode items stored under another bundle version (their vectors belong to another
-        model) from their stored image and fields, and store them again (at start-up; one worker
-        process does it while the others wait)."""
-        with self.store.exclusive("reencode"):
-            stale = self.store.items_from_other_bundles(self.bundle_version)
-            if not stale:
-                return
-            log.info("re-encoding %d items stored under other bundle versions", len(stale))
-            # tqdm's default lock is a multiprocessing one, which worker processes leak at shutdown
-            tqdm.set_lock(threading.RLock())
-            for item in tqdm(stale, desc="re-encode items", unit="item"):
-                item.image = self.store.image(item.item_id)
-                item.vector = self.encoder.encode([self._prepare(item.fields, item.image)])[0]
-                item.bundle_version = self.bundle_version
-                self.store.put_item(item, in_bundle=item.item_id in self._bundle_ids, replace=True)
 
     def _write(self, pending: list[PendingWrite]) -> list[Reply | ServiceError]:
         """One transaction for the batch; per item its reply, or the error that kept it out."""

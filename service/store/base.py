@@ -2,7 +2,10 @@
 
 The store keeps what clients changed (ingested and withdrawn items, interactions) durably, as
 two logs with sequence numbers: `item_changes` and `interactions`. Each process applies both,
-in order, to its own index and users (`service.follower`). A backend must guarantee:
+in order, to its own index and users (`service.follower`). An item's entry carries the bundle
+version of its vector; an item written under one version gets one more entry per other version
+that re-encodes it (`add_reencoded`, `service.reencode`), so the log holds a vector of every
+item for every model in use. A backend must guarantee:
 
 - a write is durable when its transaction returns (the API answers only after that);
 - a conflict (an existing id, a missing id) is decided inside the write transaction, by the
@@ -39,6 +42,7 @@ class StoredItem:
     bundle_version: str
     created_at: datetime
     image: bytes | None = None
+    change_seq: int | None = None  # the log entry of its last write (set when read from the store)
 
 
 @dataclass
@@ -101,6 +105,13 @@ class WriteTransaction(ABC):
         """Append interactions to their log."""
 
     @abstractmethod
+    def add_reencoded(self, item: StoredItem, vector: np.ndarray, bundle_version: str) -> bool:
+        """Log `vector` as `bundle_version`'s vector of `item` (read with its `change_seq`), if the
+        item is still live with that content (neither replaced nor withdrawn since) and no vector
+        of that version was logged for it yet (the database decides); whether it was logged. The
+        item's row keeps the vector it was written with."""
+
+    @abstractmethod
     def interaction_count(self, user_id: str) -> int:
         """The user's interactions in the store, these included (every bundle version's)."""
 
@@ -141,12 +152,14 @@ class Store(ABC):
         """An ingested item, without its image."""
 
     @abstractmethod
-    def image(self, item_id: str) -> bytes:
-        """The stored image of an ingested item."""
+    def image(self, item_id: str) -> bytes | None:
+        """The stored image of an ingested item (None for one not, or no longer, stored)."""
 
     @abstractmethod
-    def items_from_other_bundles(self, bundle_version: str) -> list[StoredItem]:
-        """Ingested items (without images) stored under another bundle version, oldest write first."""
+    def items_to_reencode(self, bundle_version: str) -> list[StoredItem]:
+        """Ingested items (without images) that have no vector of `bundle_version`: written
+        under another bundle version and not re-encoded for this one since (`add_reencoded`),
+        oldest write first."""
 
     @abstractmethod
     def exclusive(self, name: str) -> AbstractContextManager[None]:

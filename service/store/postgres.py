@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from datetime import UTC
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Json
@@ -61,7 +62,7 @@ CHANNEL = "cliper_store_changes"
 WRITE_LOCK = advisory_key("cliper.store.write")
 POOL_SIZE = 4  # writes run one at a time anyway (the write lock); the rest serve look-ups
 CONNECT_TIMEOUT_S = 10
-_ITEM_COLUMNS = "item_id, fields, vector, bundle_version, created_at"
+_ITEM_COLUMNS = "item_id, fields, vector, bundle_version, created_at, change_seq"
 
 
 class PostgresStore(Store):
@@ -110,14 +111,19 @@ class PostgresStore(Store):
             row = db.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE item_id = %s", (item_id,)).fetchone()
         return None if row is None else _item(row)
 
-    def image(self, item_id: str) -> bytes:
+    def image(self, item_id: str) -> bytes | None:
         with self._pool.connection() as db:
-            return db.execute("SELECT image FROM items WHERE item_id = %s", (item_id,)).fetchone()[0]
+            row = db.execute("SELECT image FROM items WHERE item_id = %s", (item_id,)).fetchone()
+        return None if row is None else row[0]
 
-    def items_from_other_bundles(self, bundle_version: str) -> list[StoredItem]:
+    def items_to_reencode(self, bundle_version: str) -> list[StoredItem]:
         with self._pool.connection() as db:
-            rows = db.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE bundle_version <> %s ORDER BY change_seq",
-                              (bundle_version,)).fetchall()
+            rows = db.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE bundle_version <> %(version)s AND NOT EXISTS "
+                "(SELECT 1 FROM item_changes c WHERE c.source_seq = items.change_seq "
+                "AND c.bundle_version = %(version)s) ORDER BY change_seq",
+                {"version": bundle_version},
+            ).fetchall()
         return [_item(row) for row in rows]
 
     @contextmanager
@@ -243,6 +249,17 @@ class PostgresWriteTransaction(WriteTransaction):
         )
         self.logged = True
 
+    def add_reencoded(self, item: StoredItem, vector: np.ndarray, bundle_version: str) -> bool:
+        cursor = self._db.execute(
+            "INSERT INTO item_changes (item_id, vector, bundle_version, source_seq) "
+            "SELECT item_id, %(vector)s, %(version)s, change_seq FROM items WHERE item_id = %(id)s "
+            "AND change_seq = %(seq)s ON CONFLICT (source_seq, bundle_version) WHERE source_seq IS NOT NULL DO NOTHING",
+            {"vector": vector_blob(vector), "version": bundle_version, "id": item.item_id, "seq": item.change_seq},
+        )
+        written = cursor.rowcount == 1
+        self.logged = self.logged or written
+        return written
+
     def add_interactions(self, rows: Sequence[StoredInteraction]) -> None:
         with self._db.cursor() as cursor:
             cursor.executemany(
@@ -295,5 +312,6 @@ def _recall(db: psycopg.Connection, request: IdempotentRequest, ttl_s: float) ->
 
 
 def _item(row: tuple[Any, ...]) -> StoredItem:
-    item_id, fields, vector, bundle_version, created_at = row
-    return StoredItem(item_id, fields, blob_vector(vector).copy(), bundle_version, created_at.astimezone(UTC))
+    item_id, fields, vector, bundle_version, created_at, change_seq = row
+    return StoredItem(item_id, fields, blob_vector(vector).copy(), bundle_version, created_at.astimezone(UTC),
+                      change_seq=change_seq)

@@ -7,7 +7,8 @@ starts with BEGIN IMMEDIATE, which takes SQLite's one write lock: its conflict c
 raced, and the logs' sequence numbers (AUTOINCREMENT) are handed out in commit order. A second
 connection reads the logs; SQLite's `data_version` on it tells cheaply whether any connection
 has committed since it last looked (one `PRAGMA` per request). Item images are kept so items
-can be re-encoded when a new bundle (another model) is deployed over the same data dir.
+can be re-encoded when a new bundle (another model) is deployed over the same data dir; a
+re-encoding is one more log entry (`add_reencoded`), the item's row keeps its first vector.
 """
 
 import fcntl
@@ -20,6 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+
+import numpy as np
 
 from service.errors import Conflict
 from service.idempotency import DEFAULT_TTL_S, IdempotentRequest, KeyReused, Reply
@@ -37,20 +40,20 @@ from service.store.base import (
     vector_blob,
 )
 
-SCHEMA_VERSION = 2
-_ITEM_COLUMNS = "item_id, fields, vector, bundle_version, created_at"
+SCHEMA_VERSION = 3
+_ITEM_COLUMNS = "item_id, fields, vector, bundle_version, created_at, change_seq"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS items (
     item_id TEXT PRIMARY KEY, fields TEXT NOT NULL, image BLOB NOT NULL, vector BLOB NOT NULL,
-    bundle_version TEXT NOT NULL, created_at TEXT NOT NULL);
+    bundle_version TEXT NOT NULL, created_at TEXT NOT NULL, change_seq INTEGER);
 CREATE TABLE IF NOT EXISTS deleted_items (item_id TEXT PRIMARY KEY, deleted_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS interactions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, item_id TEXT NOT NULL,
     vector BLOB NOT NULL, bundle_version TEXT NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS item_changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, item_id TEXT NOT NULL, vector BLOB, bundle_version TEXT,
-    created_at TEXT NOT NULL);
+    created_at TEXT NOT NULL, source_seq INTEGER);
 CREATE INDEX IF NOT EXISTS interactions_by_user ON interactions (user_id);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status INTEGER NOT NULL, body TEXT NOT NULL,
@@ -63,6 +66,16 @@ INSERT INTO item_changes (item_id, vector, bundle_version, created_at)
     SELECT item_id, NULL, NULL, deleted_at FROM deleted_items;
 INSERT INTO item_changes (item_id, vector, bundle_version, created_at)
     SELECT item_id, vector, bundle_version, created_at FROM items ORDER BY rowid
+"""
+# schema 3 (rolling bundle upgrades): items.change_seq, the log entry of an item's last write, and
+# item_changes.source_seq, the write a re-encoding (under another bundle version) encoded
+_ADDED_COLUMNS = (("items", "change_seq INTEGER"), ("item_changes", "source_seq INTEGER"))
+_MIGRATE_FROM_2 = """
+UPDATE items SET change_seq = (SELECT max(seq) FROM item_changes c WHERE c.item_id = items.item_id)
+"""
+_REENCODED_INDEX = """
+CREATE UNIQUE INDEX IF NOT EXISTS item_changes_reencoded ON item_changes (source_seq, bundle_version)
+    WHERE source_seq IS NOT NULL
 """
 
 
@@ -85,11 +98,16 @@ class SqliteStore(Store):
             found = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             for statement in _statements(_SCHEMA):
                 self._db.execute(statement)
+            if found is not None and int(found[0]) > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path}: schema version {found[0]}, this service uses {SCHEMA_VERSION}")
             if found is not None and int(found[0]) == 1:
                 for statement in _statements(_MIGRATE_FROM_1):
                     self._db.execute(statement)
-            elif found is not None and int(found[0]) != SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path}: schema version {found[0]}, this service uses {SCHEMA_VERSION}")
+            if found is not None and int(found[0]) < 3:
+                for table, column in _ADDED_COLUMNS:
+                    _add_column(self._db, table, column)
+                self._db.execute(_MIGRATE_FROM_2)
+            self._db.execute(_REENCODED_INDEX)
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
             self._identity = self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
@@ -116,14 +134,18 @@ class SqliteStore(Store):
             row = self._db.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE item_id = ?", (item_id,)).fetchone()
         return None if row is None else _item(row)
 
-    def image(self, item_id: str) -> bytes:
+    def image(self, item_id: str) -> bytes | None:
         with self._lock:
-            return self._db.execute("SELECT image FROM items WHERE item_id = ?", (item_id,)).fetchone()[0]
+            row = self._db.execute("SELECT image FROM items WHERE item_id = ?", (item_id,)).fetchone()
+        return None if row is None else row[0]
 
-    def items_from_other_bundles(self, bundle_version: str) -> list[StoredItem]:
+    def items_to_reencode(self, bundle_version: str) -> list[StoredItem]:
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM items WHERE bundle_version != ? ORDER BY rowid", (bundle_version,)
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE bundle_version != :version AND NOT EXISTS "
+                "(SELECT 1 FROM item_changes c WHERE c.source_seq = items.change_seq AND c.bundle_version = :version) "
+                "ORDER BY change_seq",
+                {"version": bundle_version},
             )
             return [_item(row) for row in rows]
 
@@ -192,16 +214,25 @@ class SqliteWriteTransaction(WriteTransaction):
         if live and not write.replace:
             return conflict(item.item_id)
         db = self._db
+        seq = db.execute("INSERT INTO item_changes (item_id, vector, bundle_version, created_at) VALUES (?, ?, ?, ?)",
+                         (item.item_id, vector_blob(item.vector), item.bundle_version, _now())).lastrowid
         db.execute("DELETE FROM items WHERE item_id = ?", (item.item_id,))
         db.execute(
-            "INSERT INTO items (item_id, fields, image, vector, bundle_version, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO items (item_id, fields, image, vector, bundle_version, created_at, change_seq) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (item.item_id, json.dumps(item.fields), item.image, vector_blob(item.vector), item.bundle_version,
-             item.created_at.isoformat()),
+             item.created_at.isoformat(), seq),
         )
         db.execute("DELETE FROM deleted_items WHERE item_id = ?", (item.item_id,))
-        db.execute("INSERT INTO item_changes (item_id, vector, bundle_version, created_at) VALUES (?, ?, ?, ?)",
-                   (item.item_id, vector_blob(item.vector), item.bundle_version, _now()))
         return live
+
+    def add_reencoded(self, item: StoredItem, vector: np.ndarray, bundle_version: str) -> bool:
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO item_changes (item_id, vector, bundle_version, created_at, source_seq) "
+            "SELECT item_id, ?, ?, ?, change_seq FROM items WHERE item_id = ? AND change_seq = ?",
+            (vector_blob(vector), bundle_version, _now(), item.item_id, item.change_seq),
+        )
+        return cursor.rowcount == 1
 
     def delete_item(self, item_id: str, in_bundle: bool) -> None:
         if not self._is_live(item_id, in_bundle):
@@ -245,6 +276,12 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _add_column(db: sqlite3.Connection, table: str, column: str) -> None:
+    """ALTER TABLE ADD COLUMN unless the table has it (one created by this release's schema)."""
+    if column.split()[0] not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
 def _statements(script: str) -> list[str]:
     return [statement.strip() for statement in script.split(";") if statement.strip()]
 
@@ -254,6 +291,6 @@ def _now() -> str:
 
 
 def _item(row: tuple) -> StoredItem:
-    item_id, fields, vector, bundle_version, created_at = row
+    item_id, fields, vector, bundle_version, created_at, change_seq = row
     return StoredItem(item_id, json.loads(fields), blob_vector(vector).copy(),
-                      bundle_version, datetime.fromisoformat(created_at))
+                      bundle_version, datetime.fromisoformat(created_at), change_seq=change_seq)

@@ -102,16 +102,37 @@ def test_exclusive_is_held_against_other_stores(database: Database) -> None:
         pass  # other names do not wait
 
 
-def test_items_from_other_bundles_come_oldest_write_first(database: Database) -> None:
+def test_items_to_reencode_come_oldest_write_first(database: Database) -> None:
     store = database.open()
     for item_id in ("a", "b", "c"):
         store.put_item(item(item_id, "old"), in_bundle=False, replace=False)
     store.put_item(item("a", "old"), in_bundle=False, replace=True)  # a was written last
     store.put_item(item("b", "new"), in_bundle=False, replace=True)  # b is current
-    stale = store.items_from_other_bundles("new")
+    stale = store.items_to_reencode("new")
     assert [(stale_item.item_id, stale_item.image) for stale_item in stale] == [("c", None), ("a", None)]
-    assert store.image("c") == b"img"
+    assert store.image("c") == b"img" and store.image("never-stored") is None
     assert stale[0].fields == {"title": "c"} and stale[0].created_at.tzinfo is not None
+
+
+def test_a_write_is_re_encoded_once_per_version_and_only_while_current(database: Database) -> None:
+    store, other = database.open(), database.open()  # two replicas
+    for item_id in ("kept", "replaced", "withdrawn"):
+        store.put_item(item(item_id, "A"), in_bundle=False, replace=False)
+    listed = {stale.item_id: stale for stale in store.items_to_reencode("B")}
+    store.put_item(item("replaced", "A"), in_bundle=False, replace=True)  # new content meanwhile
+    store.delete_item("withdrawn", in_bundle=False)
+    vector_b = np.full(4, 7, dtype=np.float32)
+    with store.transaction() as tx:
+        assert [tx.add_reencoded(listed[i], vector_b, "B") for i in ("kept", "replaced", "withdrawn")] == [
+            True, False, False]
+    with other.transaction() as tx:
+        assert not tx.add_reencoded(listed["kept"], vector_b, "B"), "a second B vector of one write"
+        assert tx.add_reencoded(listed["kept"], vector_b, "C"), "another version has its own"
+    assert [stale.item_id for stale in store.items_to_reencode("B")] == ["replaced"]
+    reencoded = [change for change in other.item_changes(after=0) if change.bundle_version == "B"]
+    assert [change.item_id for change in reencoded] == ["kept"]
+    np.testing.assert_array_equal(reencoded[0].vector, vector_b)
+    assert store.get_item("kept").bundle_version == "A", "the row keeps the vector it was written with"
 
 
 def test_a_transaction_that_raises_leaves_nothing(database: Database) -> None:

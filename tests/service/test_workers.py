@@ -127,9 +127,16 @@ def test_a_schema_1_store_is_migrated_with_its_log_rebuilt(tmp_path: Path) -> No
         db.execute("INSERT INTO items VALUES ('kept', '{}', x'00', ?, 'v1', '2026-01-01T00:00:00+00:00')",
                    (np.full(4, 2, dtype=np.float32).tobytes(),))
         db.execute("INSERT INTO deleted_items VALUES ('gone', '2026-01-01T00:00:00+00:00')")
-    changes = SqliteStore(tmp_path).item_changes(after=0)
+    store = SqliteStore(tmp_path)
+    changes = store.item_changes(after=0)
     assert [(change.item_id, change.vector is None) for change in changes] == [("gone", True), ("kept", False)]
     np.testing.assert_array_equal(changes[1].vector, np.full(4, 2, dtype=np.float32))
+    # schema 3: the item knows its write in the log, so another bundle version can re-encode it once
+    [stale] = store.items_to_reencode("v2")
+    assert stale.change_seq == changes[1].seq
+    with store.transaction() as tx:
+        assert tx.add_reencoded(stale, np.zeros(4, dtype=np.float32), "v2")
+    assert store.items_to_reencode("v2") == []
 
 
 def test_the_store_keeps_the_identity_it_was_created_with(database: Database, make_database) -> None:
