@@ -1,9 +1,11 @@
 """App factory and lifespan: nothing happens at import; start-up builds every part onto app.state.
 
 Start-up order: read and verify the bundle, load and warm up the ONNX encoders, open the
-store, re-encode items written by other models (once for every replica: `service.reencode`), apply the store's logs to the index and the
-users, connect the cache. The app is ready (see /health/ready) once all of that is done; a cache
-that does not answer makes it `degraded`, not unready. Each worker process (`--workers N`) runs
+store, restore the index and the users from the newest snapshot (or build them from the bundle;
+`service.snapshotter`), re-encode items written by other models (once for every replica:
+`service.reencode`), apply the store's logs after the snapshot's position, connect the cache.
+The app is ready (see /health/ready) once all of that is done; a cache that does not answer
+makes it `degraded`, not unready. Each worker process (`--workers N`) runs
 all of this for itself.
 """
 
@@ -17,23 +19,23 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from cliper.bundle import read_bundle
+from cliper.foldin import DEFAULT_FOLD_IN_RULE
 from service.api import health, items, metrics, users
 from service.api.responses import add_error_handlers
 from service.cache import UserVectorCache, make_cache
 from service.config import Settings
 from service.cpus import onnx_intra_op_threads, usable_cpus
 from service.encoders import ItemEncoder
-from service.index import ItemIndex
 from service.ingest import ItemService
 from service.interactions import InteractionRecorder
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware
 from service.follower import StoreFollower
-from service.popularity import Popularity
 from service.recommend import RecommendationService
+from service.snapshot import SnapshotDir, SnapshotKey
+from service.snapshotter import Snapshotter, starting_state
 from service.state import Services
 from service.store import open_store
-from service.users import UserState
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +53,25 @@ def build_services(settings: Settings, cache: UserVectorCache, metrics: Metrics)
     encoder = ItemEncoder(bundle, metrics, settings.providers, threads, settings.max_image_pixels,
                           settings.max_image_aspect_ratio)
     encoder.warm_up()
-    index = ItemIndex(bundle.index, bundle.item_ids, bundle.item_vectors, settings.search_threads)
-    index.search(bundle.item_vectors[:1], 10)  # warm-up
     store_url = None if settings.store_url is None else settings.store_url.get_secret_value()
     store = open_store(store_url, settings.resolved_data_dir, settings.idempotency_ttl_s)
-    users = UserState(bundle)
-    popularity = Popularity(bundle, index)
+    snapshots = SnapshotDir(settings.resolved_snapshot_dir, settings.snapshot_keep) if settings.snapshot_keep else None
+    key = SnapshotKey(version, store.identity(), DEFAULT_FOLD_IN_RULE)
+    start = starting_state(bundle, settings.search_threads, snapshots, key)
+    index, users, popularity = start.index, start.users, start.popularity
+    index.search(bundle.item_vectors[:1], 10)  # warm-up
     item_service = ItemService(encoder, index, store, metrics, version, bundle.item_ids,
                                settings.max_batch_size, settings.max_batch_wait_ms / 1000)
-    follower = StoreFollower(store, index, users, popularity, metrics, version,
+    follower = StoreFollower(store, index, users, popularity, metrics, version, start.position,
                              on_other_bundle=item_service.reencoder.request)
     item_service.reencoder.run()  # items other models wrote get this one's vectors (`service.reencode`)
+    replay_started = time.perf_counter()
     follower.catch_up()
-    log.info("applied the store's logs; index holds %d items", index.size)
+    log.info("applied the store's logs after item seq %d, interaction seq %d in %.1fs; index holds %d items",
+             start.position.item_seq, start.position.interaction_seq, time.perf_counter() - replay_started,
+             index.size)
+    snapshotter = None if snapshots is None else Snapshotter(
+        snapshots, key, follower, settings.snapshot_every_changes, settings.snapshot_every_s)
     # a search thread pays off only where it can overlap the event loop: a GPU or a spare core
     offload_search = index.on_gpu or settings.workers < cpus
     recommendations = RecommendationService(users, index, popularity, cache, store.identity(), metrics, version,
@@ -72,7 +80,7 @@ def build_services(settings: Settings, cache: UserVectorCache, metrics: Metrics)
     log.info("started in %.1fs (providers %s, cache %s)", time.perf_counter() - started,
              encoder.providers, cache.kind)
     return Services(settings, metrics, bundle, encoder, item_service, recommendations, interactions, cache, store,
-                    follower)
+                    follower, snapshotter)
 
 
 @asynccontextmanager
@@ -95,6 +103,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services.items.start()
     services.recommendations.searcher.start()
     services.follower.follow(asyncio.get_running_loop())
+    if services.snapshotter is not None:
+        services.snapshotter.start(asyncio.get_running_loop())
     app.state.services = services
     try:
         yield
@@ -102,6 +112,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.unfreeze()
         await services.items.stop()
         await services.recommendations.searcher.stop()
+        if services.snapshotter is not None:
+            await services.snapshotter.stop()
         await cache.close()
         services.store.close()
 

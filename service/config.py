@@ -29,6 +29,22 @@ class Settings(BaseSettings):
         None, description="PostgreSQL shared by replicas on several hosts (postgresql://user:password@host:5432/db); "
         "unset = SQLite in the data dir (one host)"
     )
+    snapshot_dir: Path | None = Field(
+        None, description="where this host keeps snapshots of its index and users, so a start-up applies only the "
+        "store's log entries after the newest (default: DATA_DIR/snapshots)"
+    )
+    snapshot_keep: int = Field(
+        2, ge=0, description="snapshots kept (an older one is loaded when the newest is corrupt); 0 = none written or "
+        "loaded: start-up replays the whole logs"
+    )
+    snapshot_every_changes: int = Field(
+        10_000, ge=1, description="write a snapshot once this many log entries (item changes and interactions) were "
+        "applied since the newest"
+    )
+    snapshot_every_s: float = Field(
+        300.0, gt=0, description="or once the newest is this old and anything was applied since (and at a clean "
+        "shutdown)"
+    )
     redis_url: str | None = Field(None, description="Redis for the user-vector cache; unset = in-process LRU")
     redis_timeout_s: float = Field(0.25, gt=0, description="Redis socket timeout")
     redis_retry_s: float = Field(1.0, ge=0, description="after a Redis error, skip Redis this long, then retry")
@@ -98,3 +114,7 @@ class Settings(BaseSettings):
     @property
     def resolved_data_dir(self) -> Path:
         return self.data_dir if self.data_dir is not None else self.bundle.absolute().parent / "service-data"
+
+    @property
+    def resolved_snapshot_dir(self) -> Path:
+        return self.snapshot_dir if self.snapshot_dir is not None else self.resolved_data_dir / "snapshots"

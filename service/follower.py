@@ -22,6 +22,7 @@ from collections.abc import Callable
 from service.index import ItemIndex
 from service.metrics import Metrics
 from service.popularity import Popularity
+from service.snapshot import LogPosition
 from service.store import ItemChange, Store, StoredInteraction
 from service.users import UserState
 
@@ -32,8 +33,10 @@ class StoreFollower:
     """Applies the item and interaction logs after its two cursors."""
 
     def __init__(self, store: Store, index: ItemIndex, users: UserState, popularity: Popularity,
-                 metrics: Metrics, bundle_version: str, on_other_bundle: Callable[[], None] = lambda: None) -> None:
-        """`on_other_bundle` is called for each item change skipped for its bundle version (so this
+                 metrics: Metrics, bundle_version: str, position: LogPosition = LogPosition(),
+                 on_other_bundle: Callable[[], None] = lambda: None) -> None:
+        """`position`: where the logs have been applied up to already (a snapshot's, `service.snapshot`);
+        `on_other_bundle` is called for each item change skipped for its bundle version (so this
         replica's model encodes the item: `service.reencode`)."""
         self.store = store
         self.index = index
@@ -42,20 +45,31 @@ class StoreFollower:
         self.metrics = metrics
         self.bundle_version = bundle_version
         self._on_other_bundle = on_other_bundle
-        self._item_seq = 0
-        self._interaction_seq = 0
+        self._item_seq = position.item_seq
+        self._interaction_seq = position.interaction_seq
+        self._applied_items = metrics.log_entries_applied.labels("items")
+        self._applied_interactions = metrics.log_entries_applied.labels("interactions")
         self._scheduled = threading.Event()  # a background catch-up is queued on the loop
 
     def catch_up(self) -> None:
         if not self.store.changed():
             return
-        for change in self.store.item_changes(after=self._item_seq):
+        changes = self.store.item_changes(after=self._item_seq)
+        for change in changes:
             self._apply_item(change)
             self._item_seq = change.seq
-        for seq, interaction in self.store.interactions(after=self._interaction_seq):
+        interactions = self.store.interactions(after=self._interaction_seq)
+        for seq, interaction in interactions:
             self._apply_interaction(interaction)
             self._interaction_seq = seq
+        self._applied_items.inc(len(changes))
+        self._applied_interactions.inc(len(interactions))
         self.metrics.index_size.set(self.index.size)
+
+    @property
+    def position(self) -> LogPosition:
+        """The last item change and the last interaction applied."""
+        return LogPosition(self._item_seq, self._interaction_seq)
 
     def follow(self, loop: asyncio.AbstractEventLoop) -> None:
         """Catch up on `loop` whenever the store tells of a commit (from its own thread); many

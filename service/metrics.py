@@ -50,10 +50,17 @@ class Metrics:
         self.recommendations = Counter(
             "cliper_recommendations", "Recommendation requests", ["source"], registry=self.registry
         )
+        self.log_entries_applied = Counter(
+            "cliper_log_entries_applied",
+            "Store log entries applied to the index and users (at start-up, those after the snapshot loaded)",
+            ["log"], registry=self.registry,
+        )
         self._stages = {stage: self.stage_seconds.labels(stage) for stage in STAGES}
         self.cache_up.set(1)
         for result in ("hit", "miss"):
             self.cache_requests.labels(result)
+        for name in ("items", "interactions"):
+            self.log_entries_applied.labels(name)
 
     def exposition_registry(self) -> CollectorRegistry:
         """What GET /metrics reports: this registry, or every worker process's values."""

@@ -1,7 +1,7 @@
 """Item popularity: bundle interaction counts plus interactions since, over live items."""
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -14,14 +14,19 @@ MAX_K = 1000
 class Popularity:
     """Bundle interaction counts plus interactions since, ranked over live items (cached)."""
 
-    def __init__(self, bundle: LoadedBundle, index: ItemIndex) -> None:
+    def __init__(self, bundle: LoadedBundle, index: ItemIndex, extra: Mapping[str, int] | None = None) -> None:
+        """`extra`: interactions per item since the bundle, as `extra()` of an earlier run gave them."""
         self._index = index
         self._base = bundle.popularity.astype(np.float64)
         self._bundle_rows = {item_id: row for row, item_id in enumerate(bundle.item_ids)}
-        self._extra: Counter[str] = Counter()
+        self._extra: Counter[str] = Counter(extra or {})
         self._changes = 0
         self._ranking: list[tuple[str, float]] = []
         self._ranked_at: tuple[int, int] | None = None
+
+    def extra(self) -> dict[str, int]:
+        """A copy of the interactions per item since the bundle."""
+        return dict(self._extra)
 
     def add(self, item_ids: Sequence[str]) -> None:
         self._extra.update(item_ids)

@@ -11,6 +11,7 @@ from service.ingest import ItemService
 from service.interactions import InteractionRecorder
 from service.metrics import Metrics
 from service.recommend import RecommendationService
+from service.snapshotter import Snapshotter
 from service.store import Store
 
 
@@ -28,6 +29,7 @@ class Services:
     cache: UserVectorCache
     store: Store
     follower: StoreFollower
+    snapshotter: Snapshotter | None
 
     @property
     def bundle_version(self) -> str:

@@ -17,6 +17,7 @@ popularity ranking, flagged as a fallback.
 """
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,10 +25,21 @@ from cliper.bundle import LoadedBundle
 from cliper.foldin import DEFAULT_FOLD_IN_RULE, FoldInStats, Prior, fold_in_rule
 
 
+@dataclass
+class Folded:
+    """What interactions added to the bundle's users (a snapshot's part, `service.snapshot`):
+    per user, the items seen since, and the running fold-in sums (users with a vector)."""
+
+    seen: dict[str, list[str]]
+    stats: dict[str, FoldInStats]
+
+
 class UserState:
     """Bundle users plus what interactions added since: seen items and fold-in sums."""
 
-    def __init__(self, bundle: LoadedBundle, rule: str = DEFAULT_FOLD_IN_RULE) -> None:
+    def __init__(self, bundle: LoadedBundle, rule: str = DEFAULT_FOLD_IN_RULE, folded: Folded | None = None) -> None:
+        """`folded`: where interactions had brought the users (`folded()` of an earlier run)."""
+        self.rule = rule
         self._rows = {user_id: row for row, user_id in enumerate(bundle.user_ids)}
         self.dim = bundle.manifest.dims.item
         self._rule = fold_in_rule(rule)
@@ -35,8 +47,14 @@ class UserState:
         self._item_vectors = bundle.item_vectors
         self._seen = bundle.seen
         self._bundle_item_ids = bundle.item_ids
-        self._new_seen: dict[str, list[str]] = {}
-        self._stats: dict[str, FoldInStats] = {}
+        self._new_seen: dict[str, list[str]] = {} if folded is None else folded.seen
+        self._stats: dict[str, FoldInStats] = {} if folded is None else folded.stats
+
+    def folded(self) -> Folded:
+        """A copy of what interactions added since the bundle."""
+        return Folded({user: list(items) for user, items in self._new_seen.items()},
+                      {user: FoldInStats(stats.count, stats.total.copy(), None if stats.gram is None else
+                                         stats.gram.copy()) for user, stats in self._stats.items()})
 
     def known(self, user_id: str) -> bool:
         """Whether the user has a vector (from the bundle or folded in)."""
