@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from cliper.foldin import FoldInStats, fold_in_rule
+from cliper.foldin import fold_in_rule
 from service.index import IndexState
 from service.users import Folded
 
@@ -222,8 +222,6 @@ def _info(path: Path) -> SnapshotInfo:
 
 def _write_files(folder: Path, snapshot: Snapshot) -> None:
     index, users = snapshot.index, snapshot.users
-    stats_users = list(users.stats)
-    stats = [users.stats[user] for user in stats_users]
     dim = index.live_vectors.shape[1]
     contents = {
         "index.faiss": memoryview(index.faiss_index),
@@ -232,13 +230,13 @@ def _write_files(folder: Path, snapshot: Snapshot) -> None:
         "vectors.npy": _npy(index.live_vectors),
         "tombstones.npy": _npy(index.tombstones),
         "seen.json": _json(users.seen),
-        "stats_users.json": _json(stats_users),
-        "stats_count.npy": _npy(np.array([s.count for s in stats], dtype=np.int64)),
-        "stats_total.npy": _npy(np.stack([s.total for s in stats]) if stats else np.zeros((0, dim))),
+        "stats_users.json": _json(users.stats_users),
+        "stats_count.npy": _npy(users.counts),
+        "stats_total.npy": _npy(users.totals),
         "popularity.json": _json(snapshot.popularity),
     }
-    if fold_in_rule(snapshot.key.fold_in_rule).needs_gram:
-        contents["stats_gram.npy"] = _npy(np.stack([s.gram for s in stats]) if stats else np.zeros((0, dim, dim)))
+    if users.grams is not None:
+        contents["stats_gram.npy"] = _npy(users.grams)
     files = {}
     for name, content in contents.items():
         with (folder / name).open("wb") as handle:
@@ -281,14 +279,12 @@ def _read(info: SnapshotInfo) -> Snapshot:
     counts = _array(blobs["stats_count.npy"], np.int64, (len(stats_users),))
     totals = _array(blobs["stats_total.npy"], np.float64, (len(stats_users), dim))
     grams = (_array(blobs["stats_gram.npy"], np.float64, (len(stats_users), dim, dim))
-             if rule.needs_gram else [None] * len(stats_users))
-    stats = {user: FoldInStats(int(count), total, gram)
-             for user, count, total, gram in zip(stats_users, counts, totals, grams, strict=True)}
+             if rule.needs_gram else None)
     seen = json.loads(blobs["seen.json"])
     popularity = json.loads(blobs["popularity.json"])
     if not isinstance(seen, dict) or not isinstance(popularity, dict):
         raise SnapshotError("its users' seen items or its popularity counts are not objects")
-    return Snapshot(info.key, info.position, index, Folded(seen, stats), popularity)
+    return Snapshot(info.key, info.position, index, Folded(seen, stats_users, counts, totals, grams), popularity)
 
 
 def _checked(path: Path, spec: dict[str, Any]) -> bytes:

@@ -102,7 +102,7 @@ class Snapshotter:
             log.exception("could not apply the store's logs at shutdown")
         try:
             if self._behind() > 0:
-                await asyncio.to_thread(self._write, capture(self.follower, self.key))
+                await asyncio.to_thread(self._write, *self._copy())
         except Exception:
             log.exception("could not write a snapshot at shutdown")
 
@@ -124,16 +124,21 @@ class Snapshotter:
         while not self._stopping.wait(min(CHECK_S, self.every_s)):
             try:
                 if time.time() >= retry_at and self.due():
-                    snapshot = self._capture_on_loop()
-                    if snapshot is not None:
-                        self._write(snapshot)
+                    copied = self._copy_on_loop()
+                    if copied is not None:
+                        self._write(*copied)
             except Exception:
                 log.exception("could not write a snapshot; trying again in %.0fs", self.every_s)
                 retry_at = time.time() + self.every_s
 
-    def _capture_on_loop(self) -> Snapshot | None:
-        async def copy() -> Snapshot:
-            return capture(self.follower, self.key)
+    def _copy(self) -> tuple[Snapshot, float]:
+        """The snapshot, and the seconds the copy took (the time it held up the event loop)."""
+        started = time.perf_counter()
+        return capture(self.follower, self.key), time.perf_counter() - started
+
+    def _copy_on_loop(self) -> tuple[Snapshot, float] | None:
+        async def copy() -> tuple[Snapshot, float]:
+            return self._copy()
 
         assert self._loop is not None
         future = asyncio.run_coroutine_threadsafe(copy(), self._loop)
@@ -143,10 +148,10 @@ class Snapshotter:
             future.cancel()
             return None
 
-    def _write(self, snapshot: Snapshot) -> None:
+    def _write(self, snapshot: Snapshot, copy_s: float) -> None:
         started = time.perf_counter()
         path = self.directory.write(snapshot)
         if path is not None:
-            log.info("snapshot %s written in %.2fs (item seq %d, interaction seq %d, %d rows)", path.name,
-                     time.perf_counter() - started, snapshot.position.item_seq, snapshot.position.interaction_seq,
-                     len(snapshot.index.ids))
+            log.info("snapshot %s: copied on the event loop in %.1f ms, written in %.2fs (item seq %d, interaction "
+                     "seq %d, %d rows)", path.name, copy_s * 1000, time.perf_counter() - started,
+                     snapshot.position.item_seq, snapshot.position.interaction_seq, len(snapshot.index.ids))

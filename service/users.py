@@ -28,10 +28,19 @@ from cliper.foldin import DEFAULT_FOLD_IN_RULE, FoldInStats, Prior, fold_in_rule
 @dataclass
 class Folded:
     """What interactions added to the bundle's users (a snapshot's part, `service.snapshot`):
-    per user, the items seen since, and the running fold-in sums (users with a vector)."""
+    per user, the items seen since; and the running fold-in sums of the users with a vector, one
+    row per user of `stats_users` (stacked: one array copy, not one per user)."""
 
     seen: dict[str, list[str]]
-    stats: dict[str, FoldInStats]
+    stats_users: list[str]
+    counts: np.ndarray  # (n,) int64
+    totals: np.ndarray  # (n, K) float64
+    grams: np.ndarray | None  # (n, K, K) float64, for rules that keep a Gram matrix
+
+    def stats(self) -> dict[str, FoldInStats]:
+        grams = [None] * len(self.stats_users) if self.grams is None else self.grams
+        return {user: FoldInStats(int(count), total.copy(), None if gram is None else gram.copy())
+                for user, count, total, gram in zip(self.stats_users, self.counts, self.totals, grams, strict=True)}
 
 
 class UserState:
@@ -48,13 +57,18 @@ class UserState:
         self._seen = bundle.seen
         self._bundle_item_ids = bundle.item_ids
         self._new_seen: dict[str, list[str]] = {} if folded is None else folded.seen
-        self._stats: dict[str, FoldInStats] = {} if folded is None else folded.stats
+        self._stats: dict[str, FoldInStats] = {} if folded is None else folded.stats()
 
     def folded(self) -> Folded:
         """A copy of what interactions added since the bundle."""
-        return Folded({user: list(items) for user, items in self._new_seen.items()},
-                      {user: FoldInStats(stats.count, stats.total.copy(), None if stats.gram is None else
-                                         stats.gram.copy()) for user, stats in self._stats.items()})
+        users = list(self._stats)
+        stats = [self._stats[user] for user in users]
+        totals = np.stack([s.total for s in stats]) if stats else np.zeros((0, self.dim))
+        grams = None
+        if self._rule.needs_gram:
+            grams = np.stack([s.gram for s in stats]) if stats else np.zeros((0, self.dim, self.dim))
+        return Folded({user: list(items) for user, items in self._new_seen.items()}, users,
+                      np.array([s.count for s in stats], dtype=np.int64), totals, grams)
 
     def known(self, user_id: str) -> bool:
         """Whether the user has a vector (from the bundle or folded in)."""

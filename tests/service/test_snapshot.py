@@ -10,11 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from bundle_factory import FactoryBundle, build_bundle, prototype_item
 from prometheus_client.parser import text_string_to_metric_families
 from service_testing import item_body
 from store_testing import Database
+
+from cliper.bundle import build_index
+from service.index import ItemIndex
+from service.snapshot import LogPosition, Snapshot, SnapshotDir, SnapshotKey
+from service.users import Folded
 
 pytestmark = pytest.mark.both_stores
 
@@ -209,3 +215,22 @@ def test_snapshots_are_written_while_serving(make_client, factory: FactoryBundle
         while not any(manifest(path)["interaction_seq"] > 0 for path in snapshots(folder)):
             assert time.monotonic() < deadline, "no snapshot written while serving"
             time.sleep(0.1)
+
+
+def test_fold_in_sums_with_gram_matrices_are_kept_for_their_rule_only(tmp_path: Path) -> None:
+    """A rule that keeps Gram matrices (least_squares) gets them back bit for bit; a process with
+    another rule does not load them."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(20, 4)).astype(np.float32)
+    index = ItemIndex(build_index(vectors, "Flat")[0], [f"i{i}" for i in range(20)], vectors)
+    totals, grams = rng.normal(size=(2, 4)), rng.normal(size=(2, 4, 4))
+    users = Folded({"u1": ["i1"], "u2": ["i2", "i3"]}, ["u1", "u2"], np.array([1, 2]), totals, grams)
+    key = SnapshotKey("bundle-1", "store-1", "least_squares")
+    folder = SnapshotDir(tmp_path, keep=2)
+    folder.write(Snapshot(key, LogPosition(3, 4), index.state(), users, {"i1": 1}))
+    loaded = folder.load(key, lambda snapshot: snapshot)
+    assert loaded is not None and loaded.position == LogPosition(3, 4)
+    assert loaded.users.seen == users.seen and loaded.users.stats_users == ["u1", "u2"]
+    np.testing.assert_array_equal(loaded.users.grams, grams)
+    np.testing.assert_array_equal(loaded.users.totals, totals)
+    assert folder.load(SnapshotKey("bundle-1", "store-1", "mean"), lambda snapshot: snapshot) is None
