@@ -1,13 +1,9 @@
 """service.index.ItemIndex: add / replace / remove / search, exact after removals (Flat, HNSW, IVF),
 tombstone compaction, concurrent use; and deletes over HTTP on an IVF bundle."""
 
-import os
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
@@ -15,7 +11,8 @@ import httpx
 import numpy as np
 import pytest
 from bundle_factory import build_bundle, make_item, prototype_item
-from service_testing import free_port, item_body
+from served import served
+from service_testing import item_body
 
 from cliper.bundle import build_index, read_bundle
 from service.index import ItemIndex
@@ -273,34 +270,6 @@ def test_searches_during_compaction_succeed() -> None:
 # --- end to end: python -m service on an IVF bundle -------------------------------------------
 
 
-@contextmanager
-def serving(bundle: Path, data_dir: Path) -> Iterator[tuple[str, subprocess.Popen, Path]]:
-    """`python -m service` on `bundle`, ready; yields its base URL, the process and its log file."""
-    port = free_port()
-    log = data_dir.parent / "server.log"
-    with log.open("wb") as output:  # a file, not a pipe, which could fill up and block the server
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--bundle", str(bundle), "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, env={**os.environ, "CLIPER_DATA_DIR": str(data_dir)}, stdout=output, stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, log.read_text(errors="replace")
-            assert time.monotonic() < deadline, "the service did not become ready in 60 s"
-            time.sleep(0.1)
-        yield base, process, log
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-
-
 def test_deletes_and_replacements_over_http_on_an_ivf_bundle(tmp_path: Path) -> None:
     """The reported case: IVF8,Flat over 375 items; the second DELETE used to abort the service."""
     factory = build_bundle(tmp_path / "bundle", n_items=375, index_factory="IVF8,Flat", search_params="nprobe=8")
@@ -308,7 +277,8 @@ def test_deletes_and_replacements_over_http_on_an_ivf_bundle(tmp_path: Path) -> 
     vectors = dict(zip(bundle.item_ids, bundle.item_vectors, strict=True))
     user = "user-005"
     rng = np.random.default_rng(5)
-    with serving(factory.path, tmp_path / "data") as (base, process, log):
+    with served(factory.path, tmp_path / "data") as server:
+        base, process, log = server.base, server.process, server.log
         for i in (3, 40, 41, 200, 374):
             try:
                 deleted = httpx.delete(f"{base}/items/{bundle.item_ids[i]}")
