@@ -343,7 +343,7 @@ def _write_files(tmp: Path, content: BundleContent, manifest: Manifest) -> dict[
     spec = manifest.index
     index, recall = build_index(items, spec.factory, spec.search_params, users if len(users) else None)
     faiss.write_index(index, str(tmp / INDEX))
-    _fsync(tmp / INDEX)
+    fsync_path(tmp / INDEX)
     return {**spec.model_dump(), "recall_at_50": recall}
 
 
@@ -358,7 +358,8 @@ def _write_durably(path: Path, data: bytes) -> None:
     _save(path, lambda handle: handle.write(data))
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Make a file's contents, or a folder's entries (new files, a rename), durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -385,7 +386,7 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
     A directory cannot be renamed over a non-empty one, so for a moment `out_dir` is absent; a
     reader then gets "bundle folder not found", never a mix of two bundles.
     """
-    _fsync(tmp)
+    fsync_path(tmp)
     old = None
     if out_dir.exists():
         old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
@@ -396,7 +397,7 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
         if old is not None:
             os.replace(old, out_dir)
         raise
-    _fsync(out_dir.parent)
+    fsync_path(out_dir.parent)
     if old is not None:
         shutil.rmtree(old)
 

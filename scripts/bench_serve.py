@@ -25,12 +25,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import Any
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -39,6 +39,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from service.probe import wait_until_ready  # noqa: E402
+
 CONCURRENCY = (1, 8, 32)
 HIT_USERS = 256
 WRK_SCRIPT = ROOT / "scripts" / "wrk" / "bench.lua"
@@ -162,18 +164,9 @@ def serve(bundle_dir: Path, work: Path, port: int, *extra: str) -> Iterator[str]
                "--data-dir", str(data_dir), "--log-level", "warning", *extra]
     process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    started = time.perf_counter()
     try:
-        while True:
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None:
-                raise RuntimeError(f"the service exited; see {log.name}")
-            time.sleep(0.2)
-        print(f"  service ready in {time.perf_counter() - started:.1f}s ({' '.join(extra)})", flush=True)
+        waited = wait_until_ready(base, process, timeout_s=600, poll_s=0.2, output=lambda: f"see {log.name}")
+        print(f"  service ready in {waited:.1f}s ({' '.join(extra)})", flush=True)
         yield base
     finally:
         process.terminate()

@@ -46,6 +46,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from service.probe import wait_until_ready  # noqa: E402
 from service.store import ItemWrite, Store, StoredInteraction, StoredItem, open_store  # noqa: E402
 
 TRANSACTION = 10_000
@@ -137,15 +138,8 @@ def start_once(bundle: Path, data_dir: Path, port: int, store_url: str | None, *
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None:
-                raise RuntimeError(f"the service exited: {log_path.read_text()[-3000:]}")
-            time.sleep(0.05)
+        wait_until_ready(f"http://127.0.0.1:{port}", process, timeout_s=3600, poll_s=0.05,
+                         output=lambda: log_path.read_text()[-3000:])
         seconds = time.perf_counter() - started
         families = text_string_to_metric_families(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
         applied = {sample.labels["log"]: int(sample.value) for family in families

@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from cliper.bundle import fsync_path
 from cliper.foldin import fold_in_rule
 from service.index import IndexState
 from service.users import Folded
@@ -159,10 +160,10 @@ class SnapshotDir:
             try:
                 temporary.mkdir()
                 _write_files(temporary, snapshot)
-                _sync(temporary)
+                fsync_path(temporary)
                 final = self.path / name
                 temporary.rename(final)
-                _sync(self.path)
+                fsync_path(self.path)
             except BaseException:
                 shutil.rmtree(temporary, ignore_errors=True)
                 raise
@@ -309,12 +310,3 @@ def _npy(array: np.ndarray) -> bytes:
 
 def _json(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
-
-
-def _sync(folder: Path) -> None:
-    """Make a folder's entries (new files, a rename) durable."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

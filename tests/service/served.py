@@ -4,14 +4,14 @@ need real sockets (timeouts, connection limits, chunked bodies) or an outside cl
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from service_testing import free_port
+
+from service.probe import wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,16 +43,7 @@ def served(bundle: Path, data_dir: Path, *flags: str, env: dict[str, str] | None
         )
     server = Served(f"http://127.0.0.1:{port}", port, process, log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{server.base}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, log.read_text(errors="replace")
-            assert time.monotonic() < deadline, "the service did not become ready in 60 s"
-            time.sleep(0.1)
+        wait_until_ready(server.base, process, output=lambda: log.read_text(errors="replace"))
         yield server
     finally:
         process.terminate()

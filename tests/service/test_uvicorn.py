@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +12,7 @@ from bundle_factory import FactoryBundle, prototype_item
 from service_testing import free_port, item_body
 
 from service.config import Settings
+from service.probe import wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,16 +28,7 @@ def test_python_m_service_serves_http(factory: FactoryBundle, tmp_path: Path, wo
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.stdout.read().decode()
-            assert time.monotonic() < deadline, "the service did not become ready in 60 s"
-            time.sleep(0.1)
+        wait_until_ready(base, process, output=lambda: process.stdout.read().decode())
         created = httpx.post(f"{base}/items", json=item_body(prototype_item(0, "http-item")),
                              headers={"X-API-Key": "k"})
         assert created.status_code == 201, created.text
