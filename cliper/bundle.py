@@ -22,7 +22,9 @@ import faiss
 import numpy as np
 from pydantic import ValidationError
 
-from cliper.manifest import FORMAT_VERSION, GENERATED_FIELDS, MANIFEST_FILE, Manifest
+from cliper.encoding import search_vectors, unit
+from cliper.manifest import FORMAT_VERSION, GENERATED_FIELDS, MANIFEST_FILE, IndexSpec, Manifest
+from cliper.thumbnails import THUMBNAIL_OFFSETS, THUMBNAILS, Thumbnails, write_thumbnails
 
 IMAGE_ENCODER = "image_encoder.onnx"
 TEXT_ENCODER = "text_encoder.onnx"
@@ -34,8 +36,14 @@ ITEM_IDS = "item_ids.json"
 SEEN = "seen.npz"
 POPULARITY = "popularity.npy"
 INDEX = "index.faiss"
-_DATA_FILES = {IMAGE_ENCODER, TEXT_ENCODER, ITEM_TOWER, USER_VECTORS, USER_IDS, ITEM_VECTORS, ITEM_IDS,
-               SEEN, POPULARITY, INDEX}
+ITEM_FIELDS = "item_fields.json"
+CLIP_IMAGE = "clip_image.npy"
+CLIP_TEXT = "clip_text.npy"
+VIEW_WEIGHTS = "view_weights.npy"
+CLIP_INDEX = "clip_index.faiss"
+_REQUIRED_FILES = {IMAGE_ENCODER, TEXT_ENCODER, ITEM_TOWER, USER_VECTORS, USER_IDS, ITEM_VECTORS, ITEM_IDS,
+                   SEEN, POPULARITY, INDEX, ITEM_FIELDS, CLIP_IMAGE, CLIP_TEXT, VIEW_WEIGHTS, CLIP_INDEX}
+_DATA_FILES = _REQUIRED_FILES | {THUMBNAILS, THUMBNAIL_OFFSETS}
 RECALL_K = 50
 RECALL_QUERIES = 1000
 
@@ -83,7 +91,11 @@ class BundleContent:
 
     ONNX graphs and the tokenizer are given as a file path or bytes. `item_vectors` rows follow
     `item_ids` (warm and cold items), `user_vectors` rows follow `user_ids`; `seen` holds item
-    rows per user row; `popularity` one interaction count per item row.
+    rows per user row; `popularity` one interaction count per item row. Per item row too: its
+    text fields (`item_fields`, what filters match), its CLIP image and fused-text embeddings
+    and its view weights (`cliper.encoding`; the embeddings are normalised on write and a
+    second index, `clip_index.faiss`, is built over their mean for search), and optionally a
+    JPEG thumbnail (`cliper.thumbnails`; `thumbnails=None` writes none).
     """
 
     image_encoder: Path | bytes
@@ -96,6 +108,11 @@ class BundleContent:
     item_vectors: np.ndarray
     seen: Seen
     popularity: np.ndarray
+    item_fields: Sequence[Mapping[str, str]]
+    clip_image: np.ndarray
+    clip_text: np.ndarray
+    view_weights: np.ndarray
+    thumbnails: Sequence[bytes | None] | None = None
     # Optional files under their own names (the fp16 graphs, the export's source.json),
     # hashed into the manifest like every other file.
     extra_files: Mapping[str, Path | bytes] = field(default_factory=dict)
@@ -114,6 +131,12 @@ class LoadedBundle:
     seen: Seen
     popularity: np.ndarray
     index: faiss.Index
+    item_fields: list[dict[str, str]]
+    clip_image: np.ndarray
+    clip_text: np.ndarray
+    view_weights: np.ndarray
+    clip_index: faiss.Index
+    thumbnails: Thumbnails | None
 
     def path(self, name: str) -> Path:
         """Absolute path of one bundle file, e.g. `path(IMAGE_ENCODER)`."""
@@ -171,7 +194,8 @@ def write_bundle(out_dir: Path, manifest_fields: Mapping[str, Any], content: Bun
 
     `manifest_fields` holds every `Manifest` field except the generated ones
     (format_version, bundle_version, created_at, files); the index is built from
-    `content.item_vectors` with `manifest_fields["index"]` (default: exact "Flat"). The bundle
+    `content.item_vectors` with `manifest_fields["index"]` (default: exact "Flat"), the CLIP
+    index from the items' search vectors with `manifest_fields["clip_index"]`. The bundle
     is written to a temporary folder beside `out_dir`, every file is hashed, and the folder is
     renamed into place; an existing bundle at `out_dir` is replaced (it is moved aside first and
     deleted after the swap). Raises `BundleError` on inconsistent content.
@@ -186,9 +210,9 @@ def write_bundle(out_dir: Path, manifest_fields: Mapping[str, Any], content: Bun
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        index_spec = _write_files(tmp, content, manifest_draft)
+        index_specs = _write_files(tmp, content, manifest_draft)
         files = {path.name: _sha256(path) for path in sorted(tmp.iterdir())}
-        fields = {**manifest_fields, "index": index_spec}
+        fields = {**manifest_fields, **index_specs}
         manifest = _validate({**fields, **_generated(created, _version(created, files), files)}, "manifest")
         _write_durably(tmp / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
         _swap_into_place(tmp, out_dir)
@@ -223,8 +247,7 @@ def read_bundle(root: Path, verify: bool = True) -> LoadedBundle:
     if not root.is_dir():
         raise BundleError(f"bundle folder not found: {root}")
     manifest = read_manifest(root)
-    required = {IMAGE_ENCODER, TEXT_ENCODER, ITEM_TOWER, manifest.tokenizer.file, USER_VECTORS,
-                USER_IDS, ITEM_VECTORS, ITEM_IDS, SEEN, POPULARITY, INDEX}
+    required = _REQUIRED_FILES | {manifest.tokenizer.file}
     unlisted = sorted(required - set(manifest.files))
     if unlisted:
         raise BundleError(f"{root / MANIFEST_FILE}: files {unlisted} are not listed; re-export the bundle")
@@ -237,16 +260,23 @@ def read_bundle(root: Path, verify: bool = True) -> LoadedBundle:
                 f"{path}: sha256 {actual[:12]}... does not match the manifest's {expected[:12]}...; "
                 "the file is corrupt or was changed after export: re-export the bundle"
             )
+    item_ids = _read_ids(root / ITEM_IDS)
     bundle = LoadedBundle(
         root=root,
         manifest=manifest,
         user_ids=_read_ids(root / USER_IDS),
         user_vectors=_read_npy(root / USER_VECTORS),
-        item_ids=_read_ids(root / ITEM_IDS),
+        item_ids=item_ids,
         item_vectors=_read_npy(root / ITEM_VECTORS),
         seen=_read_seen(root / SEEN),
         popularity=_read_npy(root / POPULARITY),
         index=_read_index(root / INDEX, manifest.index.search_params),
+        item_fields=_read_item_fields(root / ITEM_FIELDS),
+        clip_image=_read_npy(root / CLIP_IMAGE),
+        clip_text=_read_npy(root / CLIP_TEXT),
+        view_weights=_read_npy(root / VIEW_WEIGHTS),
+        clip_index=_read_index(root / CLIP_INDEX, manifest.clip_index.search_params),
+        thumbnails=_read_thumbnails(root, manifest, len(item_ids)),
     )
     _check_loaded(bundle)
     return bundle
@@ -297,8 +327,32 @@ def _check_content(content: BundleContent, manifest: Manifest) -> None:
                 f"{name}_vectors: shape {array.shape}, expected ({len(ids)}, {k}) from {name}_ids and dims.item"
             )
     _check_seen(content.seen, len(content.user_ids), len(content.item_ids), "seen")
-    if np.asarray(content.popularity).shape != (len(content.item_ids),):
-        raise BundleError(f"popularity: shape {np.shape(content.popularity)}, expected ({len(content.item_ids)},)")
+    n_items = len(content.item_ids)
+    if np.asarray(content.popularity).shape != (n_items,):
+        raise BundleError(f"popularity: shape {np.shape(content.popularity)}, expected ({n_items},)")
+    _check_item_catalog(content, manifest)
+
+
+def _check_item_catalog(content: BundleContent, manifest: Manifest) -> None:
+    """The per-item fields, CLIP embeddings, view weights and thumbnails fit the items."""
+    n_items, dims = len(content.item_ids), manifest.dims
+    if dims.image != dims.text:
+        raise BundleError(f"dims: image {dims.image} and text {dims.text} differ; CLIP embeds both in one space")
+    if len(content.item_fields) != n_items:
+        raise BundleError(f"item_fields: {len(content.item_fields)} entries, expected one per item ({n_items})")
+    columns = set(manifest.views.columns)
+    for row, fields in enumerate(content.item_fields):
+        if not all(isinstance(v, str) for v in fields.values()) or not set(fields) <= columns:
+            raise BundleError(f"item_fields[{row}]: expected str values of the views' columns {sorted(columns)}, "
+                              f"got {dict(fields)!r:.200}")
+    n_views = len(manifest.views.view_names)
+    for name, array, shape in (("clip_image", content.clip_image, (n_items, dims.image)),
+                               ("clip_text", content.clip_text, (n_items, dims.text)),
+                               ("view_weights", content.view_weights, (n_items, n_views))):
+        if _float32_matrix(array, name).shape != shape:
+            raise BundleError(f"{name}: shape {np.shape(array)}, expected {shape}")
+    if content.thumbnails is not None and len(content.thumbnails) != n_items:
+        raise BundleError(f"thumbnails: {len(content.thumbnails)} entries, expected one per item ({n_items})")
 
 
 def _check_seen(seen: Seen, n_users: int, n_items: int, what: str) -> None:
@@ -340,10 +394,28 @@ def _write_files(tmp: Path, content: BundleContent, manifest: Manifest) -> dict[
     _save(tmp / SEEN, lambda f: np.savez(f, indptr=seen.indptr.astype(np.int64),
                                          indices=seen.indices.astype(np.int64)))
     _save(tmp / POPULARITY, lambda f: np.save(f, np.asarray(content.popularity, dtype=np.float32)))
-    spec = manifest.index
-    index, recall = build_index(items, spec.factory, spec.search_params, users if len(users) else None)
-    faiss.write_index(index, str(tmp / INDEX))
-    fsync_path(tmp / INDEX)
+    specs = {"index": _write_index(tmp / INDEX, items, manifest.index, users if len(users) else None)}
+    clip_image, clip_text = unit(content.clip_image), unit(content.clip_text)
+    _save(tmp / CLIP_IMAGE, lambda f: np.save(f, clip_image))
+    _save(tmp / CLIP_TEXT, lambda f: np.save(f, clip_text))
+    _save(tmp / VIEW_WEIGHTS, lambda f: np.save(f, _float32_matrix(content.view_weights, "view_weights")))
+    # search queries are unit CLIP embeddings of text or images: the items' own embeddings stand in for them
+    specs["clip_index"] = _write_index(tmp / CLIP_INDEX, search_vectors(clip_image, clip_text), manifest.clip_index,
+                                       np.concatenate([clip_image, clip_text]))
+    fields = [{name: value for name, value in item.items() if value} for item in content.item_fields]
+    _write_durably(tmp / ITEM_FIELDS, json.dumps(fields, ensure_ascii=False).encode())
+    if content.thumbnails is not None:
+        write_thumbnails(tmp, content.thumbnails)
+        fsync_path(tmp / THUMBNAILS)
+        fsync_path(tmp / THUMBNAIL_OFFSETS)
+    return specs
+
+
+def _write_index(path: Path, vectors: np.ndarray, spec: IndexSpec, queries: np.ndarray | None) -> dict[str, Any]:
+    """Build and write one index; its spec with the measured recall."""
+    index, recall = build_index(vectors, spec.factory, spec.search_params, queries)
+    faiss.write_index(index, str(path))
+    fsync_path(path)
     return {**spec.model_dump(), "recall_at_50": recall}
 
 
@@ -459,10 +531,42 @@ def _check_loaded(bundle: LoadedBundle) -> None:
     if bundle.popularity.shape != (n_items,):
         raise BundleError(f"{root / POPULARITY}: shape {bundle.popularity.shape}, expected ({n_items},)")
     _check_seen(bundle.seen, n_users, n_items, str(root / SEEN))
-    if bundle.index.ntotal != n_items or bundle.index.d != k:
-        raise BundleError(
-            f"{root / INDEX}: holds {bundle.index.ntotal} vectors of width {bundle.index.d}, "
-            f"expected {n_items} of width {k}"
-        )
-    if bundle.index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise BundleError(f"{root / INDEX}: the metric must be inner product")
+    dims = bundle.manifest.dims
+    n_views = len(bundle.manifest.views.view_names)
+    arrays = ((CLIP_IMAGE, bundle.clip_image, (n_items, dims.image)),
+              (CLIP_TEXT, bundle.clip_text, (n_items, dims.text)),
+              (VIEW_WEIGHTS, bundle.view_weights, (n_items, n_views)))
+    for name, array, shape in arrays:
+        if array.shape != shape or array.dtype != np.float32:
+            raise BundleError(f"{root / name}: shape {array.shape} {array.dtype}, expected {shape} float32")
+    if len(bundle.item_fields) != n_items:
+        raise BundleError(f"{root / ITEM_FIELDS}: {len(bundle.item_fields)} entries, expected {n_items}")
+    for name, index, width in ((INDEX, bundle.index, k), (CLIP_INDEX, bundle.clip_index, dims.image)):
+        if index.ntotal != n_items or index.d != width:
+            raise BundleError(
+                f"{root / name}: holds {index.ntotal} vectors of width {index.d}, expected {n_items} of width {width}"
+            )
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise BundleError(f"{root / name}: the metric must be inner product")
+
+
+def _read_item_fields(path: Path) -> list[dict[str, str]]:
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(fields, list) or not all(
+        isinstance(item, dict) and all(isinstance(value, str) for value in item.values()) for item in fields
+    ):
+        raise BundleError(f"{path}: expected a JSON list of objects of text fields, one per item")
+    return fields
+
+
+def _read_thumbnails(root: Path, manifest: Manifest, n_items: int) -> Thumbnails | None:
+    """The bundle's thumbnails, or None for a bundle exported without (`--no-thumbnails`)."""
+    if THUMBNAILS not in manifest.files:
+        return None
+    try:
+        return Thumbnails(root, n_items)
+    except (ValueError, OSError) as exc:
+        raise BundleError(f"{root}: the thumbnails cannot be read ({exc}); re-export the bundle") from exc

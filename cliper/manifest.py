@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from cliper.images import PreprocessConfig
 from cliper.views import ViewsConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 # Fields `cliper.bundle.write_bundle` fills in itself; a caller never passes them.
 GENERATED_FIELDS = ("format_version", "bundle_version", "created_at", "files")
@@ -24,11 +24,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+ATTENTION_MODES = ("attention", "attention_prior")  # fusions whose view weights come from image agreement
+
+
 class Fusion(_Strict):
     """CLIPER fusion of the text views (baked into `item_tower.onnx`; recorded for humans)."""
 
     mode: str
     tau: float | None = None
+
+    @property
+    def weighs_by_image(self) -> bool:
+        """Whether an item's view weights say how well each view agrees with its image."""
+        return self.mode in ATTENTION_MODES
 
 
 class Dims(_Strict):
@@ -84,9 +92,10 @@ class Training(_Strict):
 
 
 class Manifest(_Strict):
-    """Contents of `manifest.json` (format version 1)."""
+    """Contents of `manifest.json` (format version 2: version 1 plus the items' fields, CLIP
+    embeddings, view weights, CLIP index and thumbnails, and the item tower's view weights)."""
 
-    format_version: Literal[1]
+    format_version: Literal[2]
     bundle_version: str = Field(description="<UTC timestamp>-<short hash of the files>")
     created_at: datetime
     git_commit: str | None = None
@@ -101,5 +110,6 @@ class Manifest(_Strict):
     metrics: dict[str, float] = {}
     training: Training | None = None
     index: IndexSpec = IndexSpec()
+    clip_index: IndexSpec = Field(IndexSpec(), description="the index of the items' CLIP search vectors")
     supports_cold_items: bool
     files: dict[str, str] = Field(description="relative path -> sha256 of every other bundle file")

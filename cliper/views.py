@@ -92,6 +92,16 @@ class ViewsConfig(BaseModel):
         """Every text column some view reads, in first-use order."""
         return list(dict.fromkeys(column for view in self.views for column in view.columns))
 
+    @property
+    def list_separators(self) -> dict[str, str]:
+        """The columns that hold lists, each with its separator (the first view that splits it)."""
+        separators: dict[str, str] = {}
+        for view in self.views:
+            for column in view.columns:
+                if view.split:
+                    separators.setdefault(column, view.split)
+        return separators
+
     def values(self, row: Mapping[str, object]) -> dict[str, str]:
         return {view.name: view.value(row, self.missing) for view in self.views}
 

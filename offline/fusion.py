@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cliper.manifest import ATTENTION_MODES
+
 FusionMode = Literal["attention", "attention_prior", "mean", "sum", "concat", "mlp", "global"]
 FUSION_MODES: tuple[str, ...] = get_args(FusionMode)
-ATTENTION_MODES = ("attention", "attention_prior")  # weights from image agreement
 
 
 class ViewFusion(nn.Module):

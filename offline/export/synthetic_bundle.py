@@ -18,6 +18,7 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from cliper.bundle import BundleContent, Seen, write_bundle
+from cliper.encoding import unit
 from cliper.manifest import Manifest
 from cliper.views import load_views
 
@@ -26,28 +27,30 @@ TOKENIZER_JSON = MINILM_DIR / "tokenizer.json"
 
 
 class ItemTower(nn.Module):
-    """CLIPER attention fusion (softmax over views of cos(view, image) / tau) + a content projection."""
+    """CLIPER attention fusion (softmax over views of cos(view, image) / tau) + a content projection;
+    returns the item vectors and the view weights, as a bundle's item tower does."""
 
     def __init__(self, dim: int, item_dim: int, tau: float) -> None:
         super().__init__()
         self.tau = tau
         self.proj = nn.Linear(2 * dim, item_dim)
 
-    def forward(self, image_features: torch.Tensor, text_view_features: torch.Tensor) -> torch.Tensor:
+    def forward(self, image_features: torch.Tensor,
+                text_view_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image = nn.functional.normalize(image_features, dim=-1)
         views = nn.functional.normalize(text_view_features, dim=-1)
         weights = torch.softmax((views @ image.unsqueeze(-1)).squeeze(-1) / self.tau, dim=1)
         fused = (weights.unsqueeze(-1) * text_view_features).sum(1)
         content = torch.cat([image, nn.functional.normalize(fused, dim=-1)], dim=-1)
-        return nn.functional.normalize(self.proj(content), dim=-1)
+        return nn.functional.normalize(self.proj(content), dim=-1), weights
 
 
-def export_graph(module: nn.Module, args: tuple, path: Path, inputs: list[str], output: str) -> None:
-    """One module to ONNX with a dynamic batch axis on every input and the output."""
-    dynamic = {name: {0: "batch"} for name in [*inputs, output]}
+def export_graph(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]) -> None:
+    """One module to ONNX with a dynamic batch axis on every input and output."""
+    dynamic = {name: {0: "batch"} for name in [*inputs, *outputs]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), args, str(path), input_names=inputs, output_names=[output],
+        torch.onnx.export(module.eval(), args, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic, dynamo=False, opset_version=17)
 
 
@@ -66,6 +69,7 @@ def manifest_fields(dim: int, item_dim: int, image_size: int, context_length: in
                       "uses_attention_mask": attention_mask, "clean": "whitespace"},
         "metrics": {"recall@20": 0.0},
         "index": {"factory": index_factory, "search_params": search_params},
+        "clip_index": {"factory": index_factory, "search_params": search_params},
         "supports_cold_items": True,
     }
 
@@ -78,11 +82,12 @@ def export_graphs(folder: Path, image: nn.Module, text: nn.Module, tower: nn.Mod
     text_inputs = ["input_ids", "attention_mask"] if fields["tokenizer"]["uses_attention_mask"] else ["input_ids"]
     text_args = (ids, torch.ones_like(ids)) if len(text_inputs) == 2 else (ids,)
     paths = {name: folder / f"{name}.onnx" for name in ("image_encoder", "text_encoder", "item_tower")}
-    export_graph(image, (torch.zeros(2, 3, size, size),), paths["image_encoder"], ["pixel_values"], "image_features")
-    export_graph(text, text_args, paths["text_encoder"], text_inputs, "text_features")
+    export_graph(image, (torch.zeros(2, 3, size, size),), paths["image_encoder"], ["pixel_values"],
+                 ["image_features"])
+    export_graph(text, text_args, paths["text_encoder"], text_inputs, ["text_features"])
     dims = fields["dims"]
     export_graph(tower, (torch.randn(2, dims["image"]), torch.randn(2, n_views, dims["text"])),
-            paths["item_tower"], ["image_features", "text_view_features"], "item_vectors")
+                 paths["item_tower"], ["image_features", "text_view_features"], ["item_vectors", "view_weights"])
     return paths
 
 
@@ -136,10 +141,11 @@ def build_scale_bundle(
     item_clusters = rng.integers(0, n_clusters, n_items)
     user_clusters = rng.integers(0, n_clusters, n_users)
 
-    def unit(x: np.ndarray) -> np.ndarray:
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
     item_vectors = unit(centres[item_clusters] + rng.normal(size=(n_items, item_dim)))
+    clip_centres = rng.normal(size=(n_clusters, dim))
+    clip_image = unit(clip_centres[item_clusters] + rng.normal(size=(n_items, dim)))
+    clip_text = unit(clip_centres[item_clusters] + rng.normal(size=(n_items, dim)))
+    n_views = len(load_views("products").view_names)
     user_vectors = unit(centres[user_clusters] + rng.normal(size=(n_users, item_dim)))
     members = [np.flatnonzero(item_clusters == c) for c in range(n_clusters)]
     pairs = np.array([[u, i] for u, c in enumerate(user_clusters)
@@ -152,5 +158,15 @@ def build_scale_bundle(
         tokenizer=TOKENIZER_JSON, user_ids=[f"user-{u}" for u in range(n_users)], user_vectors=user_vectors,
         item_ids=[f"item-{i}" for i in range(n_items)], item_vectors=item_vectors,
         seen=Seen.from_pairs(pairs, n_users), popularity=np.bincount(pairs[:, 1], minlength=n_items),
+        item_fields=[selectivity_fields(i) for i in range(n_items)], clip_image=clip_image, clip_text=clip_text,
+        view_weights=rng.dirichlet(np.ones(n_views), n_items).astype(np.float32),
     )
     return write_bundle(out_dir, fields, content)
+
+
+def selectivity_fields(row: int) -> dict[str, str]:
+    """Fields whose filters pass a known share of the items: `categories:all` every item,
+    `categories:decile-3` a tenth, `categories:percentile-42` a hundredth, `brand:brand-7` a
+    thousandth (the benchmark's selectivities)."""
+    return {"title": f"synthetic item {row}", "brand": f"brand-{row % 1000}",
+            "categories": f"all|decile-{row % 10}|percentile-{row % 100}"}

@@ -19,8 +19,10 @@ from PIL import Image
 from torch import nn
 
 from cliper.bundle import BundleContent, Seen, write_bundle
+from cliper.encoding import ItemEncoding, encode_clip
 from cliper.images import PreprocessConfig, preprocess
 from cliper.manifest import Manifest
+from cliper.thumbnails import thumbnail_jpeg
 from cliper.views import chunk_prompts, load_views
 from offline.export.synthetic_bundle import MINILM_DIR, TOKENIZER_JSON, ItemTower, export_graphs, manifest_fields
 
@@ -88,8 +90,12 @@ class Reference:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.tokenizer(self.tokenizer.clean_fn(text))["input_ids"])
 
-    @torch.no_grad()
     def item_vectors(self, items: list[tuple[dict[str, str], bytes]]) -> np.ndarray:
+        return self.encode(items).vector
+
+    @torch.no_grad()
+    def encode(self, items: list[tuple[dict[str, str], bytes]]) -> ItemEncoding:
+        """The items' encodings by the torch modules (the offline path)."""
         chunking = self.manifest_fields["chunking"]
         context = self.manifest_fields["tokenizer"]["context_length"]
         pixels = torch.from_numpy(np.stack([
@@ -104,7 +110,10 @@ class Reference:
                 features = self.text(ids, (ids != 0).long())
                 pooled.append(features.mean(0) if chunking["pooling"] == "mean" else features.sum(0))
             views.append(torch.stack(pooled))
-        return self.tower(self.image(pixels), torch.stack(views)).numpy()
+        image, text_views = self.image(pixels), torch.stack(views)
+        vectors, weights = self.tower(image, text_views)
+        clip_image, clip_text = encode_clip(image.numpy(), text_views.numpy(), weights.numpy())
+        return ItemEncoding(vectors.numpy(), clip_image, clip_text, weights.numpy())
 
 
 @dataclass
@@ -118,6 +127,11 @@ class FactoryBundle:
 
     def offline_vector(self, fields: dict[str, str], image: bytes) -> np.ndarray:
         return self.reference.item_vectors([(fields, image)])[0]
+
+    def offline_encoding(self, fields: dict[str, str], image: bytes) -> ItemEncoding:
+        encoding = self.reference.encode([(fields, image)])
+        return ItemEncoding(*(part[0] for part in (encoding.vector, encoding.clip_image, encoding.clip_text,
+                                                   encoding.view_weights)))
 
 
 def png(image: Image.Image) -> bytes:
@@ -179,7 +193,7 @@ def build_bundle(
     reference = Reference(image.eval(), text.eval(), tower.eval(), fields)
     n_clusters = len(CLUSTER_WORDS)
     items = [make_item(rng, i % n_clusters, f"item-{i:04d}", long_text=i % 10 == 0) for i in range(n_items)]
-    item_vectors = reference.item_vectors([(item.fields, item.image) for item in items])
+    encodings = reference.encode([(item.fields, item.image) for item in items])
     user_ids = [f"user-{u:03d}" for u in range(n_users)]
     user_clusters = {user: u % n_clusters for u, user in enumerate(user_ids)}
     prototypes = [prototype_item(c, f"prototype-{c}") for c in range(n_clusters)]
@@ -196,8 +210,10 @@ def build_bundle(
     content = BundleContent(
         image_encoder=paths["image_encoder"], text_encoder=paths["text_encoder"], item_tower=paths["item_tower"],
         tokenizer=TOKENIZER_JSON, user_ids=user_ids, user_vectors=user_vectors.astype(np.float32),
-        item_ids=[item.item_id for item in items], item_vectors=item_vectors,
-        seen=Seen.from_pairs(pairs, n_users), popularity=popularity,
+        item_ids=[item.item_id for item in items], item_vectors=encodings.vector,
+        seen=Seen.from_pairs(pairs, n_users), popularity=popularity, item_fields=[item.fields for item in items],
+        clip_image=encodings.clip_image, clip_text=encodings.clip_text, view_weights=encodings.view_weights,
+        thumbnails=[thumbnail_jpeg(Image.open(io.BytesIO(item.image))) for item in items],
     )
     manifest = write_bundle(out_dir, fields, content)
     seen_ids = {user: [items[i].item_id for i in rows] for user, rows in seen.items()}

@@ -46,6 +46,8 @@ def content(n_users: int = 5, n_items: int = 30, seed: int = 0) -> BundleContent
         user_ids=[f"u{i}" for i in range(n_users)], user_vectors=rng.normal(size=(n_users, K)),
         item_ids=[f"i{i}" for i in range(n_items)], item_vectors=rng.normal(size=(n_items, K)),
         seen=Seen.from_pairs(pairs, n_users), popularity=np.arange(n_items),
+        item_fields=[{"title": f"item {i}"} for i in range(n_items)], clip_image=rng.normal(size=(n_items, 4)),
+        clip_text=rng.normal(size=(n_items, 4)), view_weights=np.full((n_items, 1), 1.0),
     )
 
 
@@ -91,9 +93,9 @@ def test_missing_file_and_newer_format_are_clear(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=r"seen\.npz: listed in the manifest but missing"):
         read_bundle(tmp_path / "bundle")
     manifest = json.loads((tmp_path / "bundle" / MANIFEST_FILE).read_text())
-    manifest["format_version"] = 2
+    manifest["format_version"] = 3
     (tmp_path / "bundle" / MANIFEST_FILE).write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="format_version 2 is not supported"):
+    with pytest.raises(BundleError, match="format_version 3 is not supported"):
         read_bundle(tmp_path / "bundle")
     with pytest.raises(BundleError, match="bundle folder not found"):
         read_bundle(tmp_path / "nowhere")
@@ -144,3 +146,37 @@ def test_seen_from_pairs_deduplicates_and_checks_range() -> None:
     assert seen.items_of(1).tolist() == [3, 4] and seen.items_of(2).tolist() == []
     with pytest.raises(BundleError, match="out of range"):
         Seen.from_pairs(np.array([[5, 0]]), n_users=2)
+
+
+def test_item_catalog_round_trips_with_thumbnails_and_a_clip_index(tmp_path: Path) -> None:
+    """Fields, unit CLIP embeddings, view weights and thumbnails come back per item row, and the
+    CLIP index ranks by the mean of the image and text cosines."""
+    data = content()
+    jpegs = [None if i % 7 == 0 else bytes([i]) * (i + 1) for i in range(30)]
+    data.thumbnails = jpegs
+    write_bundle(tmp_path / "bundle", fields(), data)
+    bundle = read_bundle(tmp_path / "bundle")
+    assert bundle.item_fields[3] == {"title": "item 3"}
+    image = data.clip_image / np.linalg.norm(data.clip_image, axis=1, keepdims=True)
+    text = data.clip_text / np.linalg.norm(data.clip_text, axis=1, keepdims=True)
+    np.testing.assert_allclose(bundle.clip_image, image, rtol=1e-6)
+    np.testing.assert_allclose(bundle.clip_text, text, rtol=1e-6)
+    assert [bundle.thumbnails.get(row) for row in range(30)] == jpegs
+    query = image[5]
+    scores, rows = bundle.clip_index.search(query[None].astype(np.float32), 3)
+    expected = (image @ query + text @ query) / 2
+    assert rows[0].tolist() == np.argsort(-expected)[:3].tolist()
+    np.testing.assert_allclose(scores[0], np.sort(expected)[::-1][:3], rtol=1e-5)
+
+
+def test_a_bundle_without_thumbnails_reads_none(tmp_path: Path) -> None:
+    write_bundle(tmp_path / "bundle", fields(), content())
+    bundle = read_bundle(tmp_path / "bundle")
+    assert bundle.thumbnails is None and "thumbnails.bin" not in bundle.manifest.files
+
+
+def test_item_fields_of_other_columns_are_refused(tmp_path: Path) -> None:
+    data = content()
+    data.item_fields = [{"colour": "red"}] * 30
+    with pytest.raises(BundleError, match=r"item_fields\[0\]: expected str values of the views' columns"):
+        write_bundle(tmp_path / "bundle", fields(), data)
