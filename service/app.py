@@ -1,7 +1,7 @@
 """App factory and lifespan: nothing happens at import; start-up builds every part onto app.state.
 
 Start-up order: read and verify the bundle, load and warm up the ONNX encoders, open the
-store, restore the index and the users from the newest snapshot (or build them from the bundle;
+store, restore the catalog and the users from the newest snapshot (or build them from the bundle;
 `service.snapshotter`), re-encode items written by other models (once for every replica:
 `service.reencode`), apply the store's logs after the snapshot's position, connect the cache.
 The app is ready (see /health/ready) once all of that is done; a cache that does not answer
@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 from cliper.bundle import read_bundle
 from cliper.foldin import DEFAULT_FOLD_IN_RULE
-from service.api import health, items, metrics, users
+from service.api import bundle, health, items, metrics, search, ui, users
 from service.api.responses import add_error_handlers
 from service.cache import UserVectorCache, make_cache
 from service.config import Settings
@@ -32,6 +32,7 @@ from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware
 from service.follower import StoreFollower
 from service.recommend import RecommendationService
+from service.search import CatalogSearch
 from service.snapshot import SnapshotDir, SnapshotKey
 from service.snapshotter import Snapshotter, starting_state
 from service.state import Services
@@ -58,11 +59,12 @@ def build_services(settings: Settings, cache: UserVectorCache, metrics: Metrics)
     snapshots = SnapshotDir(settings.resolved_snapshot_dir, settings.snapshot_keep) if settings.snapshot_keep else None
     key = SnapshotKey(version, store.identity(), DEFAULT_FOLD_IN_RULE)
     start = starting_state(bundle, settings.search_threads, snapshots, key)
-    index, users, popularity = start.index, start.users, start.popularity
+    catalog, users, popularity = start.catalog, start.users, start.popularity
+    index = catalog.items
     index.search(bundle.item_vectors[:1], 10)  # warm-up
-    item_service = ItemService(encoder, index, store, metrics, version, bundle.item_ids,
-                               settings.max_batch_size, settings.max_batch_wait_ms / 1000)
-    follower = StoreFollower(store, index, users, popularity, metrics, version, start.position,
+    item_service = ItemService(encoder, catalog, store, metrics, version, bundle.item_ids,
+                               settings.max_batch_size, settings.max_batch_wait_ms / 1000, bundle.thumbnails)
+    follower = StoreFollower(store, catalog, users, popularity, metrics, version, start.position,
                              on_other_bundle=item_service.reencoder.request)
     item_service.reencoder.run()  # items other models wrote get this one's vectors (`service.reencode`)
     replay_started = time.perf_counter()
@@ -74,13 +76,14 @@ def build_services(settings: Settings, cache: UserVectorCache, metrics: Metrics)
         snapshots, key, follower, settings.snapshot_every_changes, settings.snapshot_every_s)
     # a search thread pays off only where it can overlap the event loop: a GPU or a spare core
     offload_search = index.on_gpu or settings.workers < cpus
-    recommendations = RecommendationService(users, index, popularity, cache, store.identity(), metrics, version,
-                                            offload_search)
+    recommendations = RecommendationService(users, catalog, bundle.manifest.fusion, popularity, cache,
+                                            store.identity(), metrics, version, offload_search)
     interactions = InteractionRecorder(users, index, cache, store, metrics, version)
     log.info("started in %.1fs (providers %s, cache %s)", time.perf_counter() - started,
              encoder.providers, cache.kind)
-    return Services(settings, metrics, bundle, encoder, item_service, recommendations, interactions, cache, store,
-                    follower, snapshotter)
+    return Services(settings, metrics, bundle, encoder, catalog, item_service, recommendations,
+                    CatalogSearch(catalog, encoder, metrics, offload_search), interactions, cache, store, follower,
+                    snapshotter)
 
 
 @asynccontextmanager
@@ -130,6 +133,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     add_error_handlers(app)
-    for module in (items, users, health, metrics):
+    for module in (items, users, search, bundle, health, metrics, ui):
         app.include_router(module.router)
     return app

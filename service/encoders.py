@@ -1,8 +1,11 @@
-"""The bundle's three ONNX graphs behind one call: item content in, item vectors out.
+"""The bundle's three ONNX graphs behind one call: item content in, item encodings out.
 
 `decode` and `prepare` do the per-item work (image decoding, preprocessing, prompts and chunking)
 and reject bad input; `encode` runs a batch of prepared items through the image encoder, the text
-encoder (all views and chunks of the batch at once, then pooled per view) and the item tower.
+encoder (all views and chunks of the batch at once, then pooled per view) and the item tower,
+whose two outputs are the item vectors and the view weights; with the CLIP embeddings they make
+each item's packed encoding (`cliper.encoding`). `embed_text` and `embed_image` put a search
+query into the CLIP space.
 """
 
 import logging
@@ -15,6 +18,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from cliper.bundle import IMAGE_ENCODER, ITEM_TOWER, TEXT_ENCODER, BundleError, LoadedBundle
+from cliper.encoding import ItemEncoding, encode_clip, unit
 from cliper.images import decode_image, preprocess
 from service.errors import BadInput
 from service.metrics import Metrics
@@ -50,6 +54,7 @@ class OnnxModel:
         if sorted(self.inputs) != sorted(inputs):
             raise BundleError(f"{path}: inputs are {sorted(self.inputs)}, the manifest implies {sorted(inputs)}")
         self.output_shape = self.session.get_outputs()[0].shape
+        self.outputs = [output.name for output in self.session.get_outputs()]
 
     def check_dim(self, name: str | None, axis: int, expected: int) -> None:
         """Fail on a static dimension that contradicts the manifest (symbolic ones pass)."""
@@ -61,6 +66,9 @@ class OnnxModel:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         return self.session.run(None, dict(feeds))[0]
+
+    def run_all(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, dict(feeds))
 
 
 @dataclass
@@ -103,6 +111,9 @@ class ItemEncoder:
         self.text.check_dim(None, -1, manifest.dims.text)
         self.tower.check_dim("text_view_features", 1, n_views)
         self.tower.check_dim(None, -1, manifest.dims.item)
+        if self.tower.outputs != ["item_vectors", "view_weights"]:
+            raise BundleError(f"{self.tower.path}: outputs are {self.tower.outputs}, expected item_vectors and "
+                              "view_weights; re-export the bundle")
 
     def decode(self, data: bytes) -> Image.Image:
         """Client image bytes -> RGB image, or `BadInput` saying what is wrong with them."""
@@ -122,16 +133,27 @@ class ItemEncoder:
         return PreparedItem(pixels, prompts)
 
     def encode(self, items: Sequence[PreparedItem]) -> np.ndarray:
-        """Item vectors (B, K) float32 for a batch of prepared items."""
+        """Packed item encodings `(B, layout.width)` float32 for a batch of prepared items."""
         self.metrics.batch_size.observe(len(items))
         with self.metrics.timed("encode"):
             image_features = self.image.run({"pixel_values": np.stack([item.pixels for item in items])})
+            image_features = image_features.astype(np.float32)
             text_views = self._text_views(items)
         with self.metrics.timed("tower"):
-            vectors = self.tower.run(
-                {"image_features": image_features.astype(np.float32), "text_view_features": text_views}
-            )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+            vectors, weights = self.tower.run_all({"image_features": image_features, "text_view_features": text_views})
+        clip_image, clip_text = encode_clip(image_features, text_views, weights)
+        return np.ascontiguousarray(ItemEncoding(vectors, clip_image, clip_text, weights).pack())
+
+    def embed_text(self, text: str) -> np.ndarray:
+        """The unit CLIP embedding `(D,)` of a search text (the text as typed, no view prompt)."""
+        with self.metrics.timed("encode"):
+            return unit(self.text.run(self.text_feeds([text])))[0]
+
+    def embed_image(self, image: Image.Image) -> np.ndarray:
+        """The unit CLIP embedding `(D,)` of a search image."""
+        pixels = preprocess(image, self.manifest.preprocess)
+        with self.metrics.timed("encode"):
+            return unit(self.image.run({"pixel_values": pixels[None]}))[0]
 
     def text_feeds(self, prompts: list[str]) -> dict[str, np.ndarray]:
         """The text encoder's inputs for a batch of prompts (padding trimmed where the graph allows)."""

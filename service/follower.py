@@ -1,7 +1,7 @@
 """Keeps one process's live state in step with the store's logs.
 
 The store (SQLite in the data dir, or a PostgreSQL shared by replicas) is the source of truth;
-the index, the users' fold-in sums and the popularity counts of a process are a projection of
+the catalog (`service.catalog`), the users' fold-in sums and the popularity counts of a process are a projection of
 its two logs, item changes and interactions. `catch_up` applies whatever was appended since it
 last looked, in log order, so every process serving the same store ends in the same state, and
 a change written by one process is seen by the next request to any other (the check costs one
@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from service.index import ItemIndex
+from service.catalog import ItemCatalog
 from service.metrics import Metrics
 from service.popularity import Popularity
 from service.snapshot import LogPosition
@@ -32,14 +32,15 @@ log = logging.getLogger(__name__)
 class StoreFollower:
     """Applies the item and interaction logs after its two cursors."""
 
-    def __init__(self, store: Store, index: ItemIndex, users: UserState, popularity: Popularity,
+    def __init__(self, store: Store, catalog: ItemCatalog, users: UserState, popularity: Popularity,
                  metrics: Metrics, bundle_version: str, position: LogPosition = LogPosition(),
                  on_other_bundle: Callable[[], None] = lambda: None) -> None:
         """`position`: where the logs have been applied up to already (a snapshot's, `service.snapshot`);
         `on_other_bundle` is called for each item change skipped for its bundle version (so this
         replica's model encodes the item: `service.reencode`)."""
         self.store = store
-        self.index = index
+        self.catalog = catalog
+        self.index = catalog.items
         self.users = users
         self.popularity = popularity
         self.metrics = metrics
@@ -90,9 +91,9 @@ class StoreFollower:
 
     def _apply_item(self, change: ItemChange) -> None:
         if change.vector is None:
-            self.index.remove(change.item_id)
+            self.catalog.remove(change.item_id)
         elif change.bundle_version == self.bundle_version:
-            self.index.put(change.item_id, change.vector)
+            self.catalog.put(change.item_id, change.vector, change.fields)
         else:  # another model's vector, never indexed here: this model's comes later in the log
             self._on_other_bundle()
 

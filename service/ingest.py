@@ -24,7 +24,8 @@ from service.batcher import MicroBatcher
 from service.encoders import ItemEncoder, PreparedItem
 from service.errors import Conflict, NotFound, ServiceError
 from service.idempotency import IdempotentRequest, Reply
-from service.index import ItemIndex
+from cliper.thumbnails import Thumbnails
+from service.catalog import ItemCatalog
 from service.metrics import Metrics
 from service.reencode import Reencoder
 from service.store import ItemWrite, Store, StoredItem, WriteTransaction
@@ -63,7 +64,8 @@ class PendingWrite:
 class ItemInfo:
     item_id: str
     source: str  # "bundle" or "ingested"
-    fields: dict[str, str] | None
+    fields: dict[str, str]
+    view_weights: dict[str, float]
     created_at: datetime | None
     vector: np.ndarray
 
@@ -74,18 +76,21 @@ class ItemService:
     def __init__(
         self,
         encoder: ItemEncoder,
-        index: ItemIndex,
+        catalog: ItemCatalog,
         store: Store,
         metrics: Metrics,
         bundle_version: str,
         bundle_item_ids: Sequence[str],
         max_batch_size: int,
         max_batch_wait_s: float,
+        thumbnails: Thumbnails | None = None,
     ) -> None:
         self.encoder = encoder
-        self.index = index
+        self.catalog = catalog
+        self.index = catalog.items
+        self.thumbnails = thumbnails
         self.store = store
-        self._bundle_ids = frozenset(bundle_item_ids)
+        self._bundle_rows = {item_id: row for row, item_id in enumerate(bundle_item_ids)}
         self.metrics = metrics
         self.bundle_version = bundle_version
         self.batcher: MicroBatcher[PreparedItem, np.ndarray] = MicroBatcher(
@@ -116,7 +121,7 @@ class ItemService:
         vector = await self.batcher.submit(prepared)
         stored = StoredItem(item_id, dict(fields), vector, self.bundle_version, datetime.now(UTC), image)
         with self.metrics.timed("store"):
-            write = ItemWrite(stored, item_id in self._bundle_ids, replace)
+            write = ItemWrite(stored, item_id in self._bundle_rows, replace)
             reply = await self.writer.submit(PendingWrite(write, once))
         if isinstance(reply, ServiceError):
             raise reply
@@ -128,9 +133,22 @@ class ItemService:
             raise NotFound(f"item {item_id!r} is not in the catalog")
         stored = await asyncio.to_thread(self.store.get_item, item_id)
         vector = self.index.vectors([row])[0]
+        fields, weights = self.catalog.fields.get(row), self.catalog.view_weights(row)
         if stored is None:
-            return ItemInfo(item_id, "bundle", None, None, vector)
-        return ItemInfo(item_id, "ingested", stored.fields, stored.created_at, vector)
+            return ItemInfo(item_id, "bundle", fields, weights, None, vector)
+        return ItemInfo(item_id, "ingested", fields, weights, stored.created_at, vector)
+
+    async def image(self, item_id: str) -> bytes:
+        """The stored image of an ingested item, or the bundle's thumbnail of a bundle item."""
+        if self.index.row_of(item_id) is None:
+            raise NotFound(f"item {item_id!r} is not in the catalog")
+        image = await asyncio.to_thread(self.store.image, item_id)
+        if image is None and item_id in self._bundle_rows and self.thumbnails is not None:
+            image = self.thumbnails.get(self._bundle_rows[item_id])
+        if image is None:
+            raise NotFound(f"item {item_id!r} has no image here (a bundle exported with --no-thumbnails "
+                           "keeps none of its items')")
+        return image
 
     async def delete(self, item_id: str, once: IdempotentRequest | None = None) -> Reply:
         """Withdraw an item: it is no longer recommended (200 and a `Withdrawn` body)."""
@@ -166,7 +184,7 @@ class ItemService:
             return tx.once(once, partial(self._withdraw, tx, item_id))
 
     def _withdraw(self, tx: WriteTransaction, item_id: str) -> Reply:
-        tx.delete_item(item_id, item_id in self._bundle_ids)
+        tx.delete_item(item_id, item_id in self._bundle_rows)
         return Reply(200, asdict(Withdrawn(item_id, self.index.size - 1, self.bundle_version)))
 
     def _prepare(self, fields: Mapping[str, str], image: bytes) -> PreparedItem:

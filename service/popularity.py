@@ -1,7 +1,7 @@
 """Item popularity: bundle interaction counts plus interactions since, over live items."""
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -22,6 +22,7 @@ class Popularity:
         self._extra: Counter[str] = Counter(extra or {})
         self._changes = 0
         self._ranking: list[tuple[str, float]] = []
+        self._scores = np.zeros(0)
         self._ranked_at: tuple[int, int] | None = None
 
     def extra(self) -> dict[str, int]:
@@ -34,13 +35,36 @@ class Popularity:
 
     def top(self, k: int) -> list[tuple[str, float]]:
         """The k most popular live items; re-ranked only after items or interactions changed."""
-        state = (self._index.version, self._changes)
-        if state != self._ranked_at:
-            self._ranking = self._rank()
-            self._ranked_at = state
+        self._refresh()
         return self._ranking[:k]
 
-    def _rank(self) -> list[tuple[str, float]]:
+    def top_selected(self, k: int, allowed: np.ndarray | None, exclude: Collection[int]) -> list[tuple[str, float]]:
+        """The k most popular live items among the `allowed` rows (None: all), without `exclude`."""
+        self._refresh()
+        scores = self._scores.copy()  # -inf: dead rows
+        if allowed is not None:
+            passing = np.zeros(len(scores), dtype=bool)
+            n = min(len(allowed), len(scores))
+            passing[:n] = allowed[:n]
+            scores[~passing] = -np.inf
+        scores[list(exclude)] = -np.inf
+        return self._ranked(scores, k)
+
+    def _refresh(self) -> None:
+        state = (self._index.version, self._changes)
+        if state != self._ranked_at:
+            self._scores = self._score()
+            self._ranking = self._ranked(self._scores, MAX_K)
+            self._ranked_at = state
+
+    def _ranked(self, scores: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """The k best rows with a finite score, ties by row."""
+        rows = np.flatnonzero(np.isfinite(scores))
+        order = rows[np.lexsort((rows, -scores[rows]))][:k]
+        return [(self._index.item_id(row), float(scores[row])) for row in order]
+
+    def _score(self) -> np.ndarray:
+        """Every row's interaction count; -inf for dead rows."""
         live = self._index.live_mask()
         scores = np.zeros(len(live))
         scores[: len(self._base)] = self._base
@@ -52,6 +76,5 @@ class Popularity:
             row = self._index.row_of(item_id)
             if row is not None:
                 scores[row] += count
-        rows = np.flatnonzero(live)
-        order = rows[np.lexsort((rows, -scores[rows]))][:MAX_K]
-        return [(self._index.item_id(row), float(scores[row])) for row in order]
+        scores[~live] = -np.inf
+        return scores

@@ -1,6 +1,6 @@
-"""Snapshots: a process's index and users as of a position in the store's logs, on its local disk.
+"""Snapshots: a process's catalog and users as of a position in the store's logs, on its local disk.
 
-A process's item index, users' fold-in state and popularity counts are a projection of the
+A process's item catalog (`service.catalog`), users' fold-in state and popularity counts are a projection of the
 store's two logs (`service.follower`). A snapshot keeps that projection together with the
 sequence numbers it includes (the last item change and the last interaction applied), so a
 restart, or a new worker on the same disk, loads the newest snapshot and applies only the log
@@ -11,7 +11,10 @@ One snapshot is a folder `SNAPSHOT_DIR/snapshot-<item seq>-<interaction seq>-<ra
 
 - `manifest.json`: the format, the key, the positions, and every other file's size and sha256;
 - `index.faiss` (`faiss.serialize_index`), `ids.json`, `live.npy`, `vectors.npy` (live rows
-  only), `tombstones.npy`: the `IndexState` (`service.index`);
+  only), `tombstones.npy`: the item index's `IndexState` (`service.index`); `clip_index.faiss`,
+  `clip_vectors.npy` and `clip_tombstones.npy` the CLIP index's (the same rows, ids and live
+  mask); `view_weights.npy` every row's view weights and `ingested_fields.json` the text fields
+  of the rows added after the bundle's;
 - `seen.json`, `stats_users.json`, `stats_count.npy`, `stats_total.npy` (and `stats_gram.npy`
   for a rule with Gram matrices): the users' `Folded` state (`service.users`);
 - `popularity.json`: interactions per item since the bundle.
@@ -50,12 +53,13 @@ import numpy as np
 
 from cliper.bundle import fsync_path
 from cliper.foldin import fold_in_rule
+from service.catalog import CatalogState
 from service.index import IndexState
 from service.users import Folded
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
 LOCK = ".lock"
@@ -94,7 +98,7 @@ class LogPosition:
 class Snapshot:
     key: SnapshotKey
     position: LogPosition
-    index: IndexState
+    catalog: CatalogState
     users: Folded
     popularity: dict[str, int]
 
@@ -222,7 +226,8 @@ def _info(path: Path) -> SnapshotInfo:
 
 
 def _write_files(folder: Path, snapshot: Snapshot) -> None:
-    index, users = snapshot.index, snapshot.users
+    catalog, users = snapshot.catalog, snapshot.users
+    index, clip = catalog.items, catalog.clip
     dim = index.live_vectors.shape[1]
     contents = {
         "index.faiss": memoryview(index.faiss_index),
@@ -230,6 +235,11 @@ def _write_files(folder: Path, snapshot: Snapshot) -> None:
         "live.npy": _npy(index.live),
         "vectors.npy": _npy(index.live_vectors),
         "tombstones.npy": _npy(index.tombstones),
+        "clip_index.faiss": memoryview(clip.faiss_index),
+        "clip_vectors.npy": _npy(clip.live_vectors),
+        "clip_tombstones.npy": _npy(clip.tombstones),
+        "view_weights.npy": _npy(catalog.view_weights),
+        "ingested_fields.json": _json({str(row): fields for row, fields in catalog.ingested_fields.items()}),
         "seen.json": _json(users.seen),
         "stats_users.json": _json(users.stats_users),
         "stats_count.npy": _npy(users.counts),
@@ -250,7 +260,8 @@ def _write_files(folder: Path, snapshot: Snapshot) -> None:
         "format": FORMAT, "bundle_version": snapshot.key.bundle_version,
         "store_identity": snapshot.key.store_identity, "fold_in_rule": snapshot.key.fold_in_rule,
         "item_seq": snapshot.position.item_seq, "interaction_seq": snapshot.position.interaction_seq,
-        "created_at": time.time(), "dim": dim, "rows": len(index.ids), "live": int(index.live.sum()),
+        "created_at": time.time(), "dim": dim, "clip_dim": clip.live_vectors.shape[1], "rows": len(index.ids),
+        "live": int(index.live.sum()),
         "files": files,
     }
     with (folder / MANIFEST).open("w") as handle:
@@ -269,13 +280,13 @@ def _read(info: SnapshotInfo) -> Snapshot:
         raise SnapshotError(f"its fold-in sums do not suit rule {info.key.fold_in_rule!r}")
     ids = json.loads(blobs["ids.json"])
     live = _array(blobs["live.npy"], np.bool_, (len(ids),))
-    n_live, dim = int(live.sum()), int(manifest["dim"])
-    index = IndexState(np.frombuffer(blobs["index.faiss"], dtype=np.uint8), ids, live,
-                       _array(blobs["vectors.npy"], np.float32, (n_live, dim)),
-                       _array(blobs["tombstones.npy"], np.int64, None))
-    if len(index.tombstones) and (index.tombstones.min() < 0 or index.tombstones.max() >= len(ids)
-                                  or live[index.tombstones].any()):
-        raise SnapshotError("its tombstones are not dead rows")
+    dim = int(manifest["dim"])
+    index = _index_state(blobs, "", ids, live, dim)
+    clip = _index_state(blobs, "clip_", ids, live, int(manifest["clip_dim"]))
+    weights = _array(blobs["view_weights.npy"], np.float32, None)
+    ingested = {int(row): fields for row, fields in json.loads(blobs["ingested_fields.json"]).items()}
+    if len(weights) != len(ids):
+        raise SnapshotError(f"it has view weights of {len(weights)} rows, and {len(ids)} rows")
     stats_users = json.loads(blobs["stats_users.json"])
     counts = _array(blobs["stats_count.npy"], np.int64, (len(stats_users),))
     totals = _array(blobs["stats_total.npy"], np.float64, (len(stats_users), dim))
@@ -285,7 +296,19 @@ def _read(info: SnapshotInfo) -> Snapshot:
     popularity = json.loads(blobs["popularity.json"])
     if not isinstance(seen, dict) or not isinstance(popularity, dict):
         raise SnapshotError("its users' seen items or its popularity counts are not objects")
-    return Snapshot(info.key, info.position, index, Folded(seen, stats_users, counts, totals, grams), popularity)
+    return Snapshot(info.key, info.position, CatalogState(index, clip, weights, ingested),
+                    Folded(seen, stats_users, counts, totals, grams), popularity)
+
+
+def _index_state(blobs: dict[str, bytes], prefix: str, ids: list[str], live: np.ndarray, dim: int) -> IndexState:
+    """One index's state from the files named `prefix` + index.faiss, vectors.npy, tombstones.npy."""
+    state = IndexState(np.frombuffer(blobs[f"{prefix}index.faiss"], dtype=np.uint8), ids, live,
+                       _array(blobs[f"{prefix}vectors.npy"], np.float32, (int(live.sum()), dim)),
+                       _array(blobs[f"{prefix}tombstones.npy"], np.int64, None))
+    tombstones = state.tombstones
+    if len(tombstones) and (tombstones.min() < 0 or tombstones.max() >= len(ids) or live[tombstones].any()):
+        raise SnapshotError("its tombstones are not dead rows")
+    return state
 
 
 def _checked(path: Path, spec: dict[str, Any]) -> bytes:

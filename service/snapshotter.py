@@ -1,6 +1,6 @@
 """Snapshots at run time (`service.snapshot`): loaded at start-up, written in the background and at shutdown.
 
-At start-up `starting_state` restores the index, users and popularity from the newest usable
+At start-up `starting_state` restores the catalog, users and popularity from the newest usable
 snapshot of the process's key, or builds them from the bundle where there is none; the follower
 then applies the logs after the snapshot's position.
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from cliper.bundle import LoadedBundle
 from service.follower import StoreFollower
-from service.index import ItemIndex
+from service.catalog import ItemCatalog
 from service.popularity import Popularity
 from service.snapshot import LogPosition, Snapshot, SnapshotDir, SnapshotKey
 from service.users import UserState
@@ -37,7 +37,7 @@ CAPTURE_TIMEOUT_S = 60.0  # the loop did not get to the copy: skip this one, try
 class StartingState:
     """What the follower starts from, and the log position it already includes."""
 
-    index: ItemIndex
+    catalog: ItemCatalog
     users: UserState
     popularity: Popularity
     position: LogPosition
@@ -48,24 +48,26 @@ def starting_state(bundle: LoadedBundle, search_threads: int, snapshots: Snapsho
     """The newest usable snapshot of `key` restored, or the bundle's state at position 0."""
 
     def restore(snapshot: Snapshot) -> StartingState:
-        index = ItemIndex.restore(snapshot.index, search_threads)
+        catalog = ItemCatalog.restore(bundle, snapshot.catalog, search_threads)
         users = UserState(bundle, key.fold_in_rule, snapshot.users)
-        return StartingState(index, users, Popularity(bundle, index, snapshot.popularity), snapshot.position)
+        return StartingState(catalog, users, Popularity(bundle, catalog.items, snapshot.popularity),
+                             snapshot.position)
 
     started = time.perf_counter()
     restored = snapshots.load(key, restore) if snapshots is not None else None
     if restored is not None:
         log.info("loaded the snapshot at item seq %d, interaction seq %d (%d rows) in %.2fs",
-                 restored.position.item_seq, restored.position.interaction_seq, restored.index.n_rows,
+                 restored.position.item_seq, restored.position.interaction_seq, restored.catalog.items.n_rows,
                  time.perf_counter() - started)
         return restored
-    index = ItemIndex(bundle.index, bundle.item_ids, bundle.item_vectors, search_threads)
-    return StartingState(index, UserState(bundle, key.fold_in_rule), Popularity(bundle, index), LogPosition())
+    catalog = ItemCatalog.from_bundle(bundle, search_threads)
+    return StartingState(catalog, UserState(bundle, key.fold_in_rule), Popularity(bundle, catalog.items),
+                         LogPosition())
 
 
 def capture(follower: StoreFollower, key: SnapshotKey) -> Snapshot:
     """A copy of the follower's projection and its position; call it on the follower's thread."""
-    return Snapshot(key, follower.position, follower.index.state(), follower.users.folded(),
+    return Snapshot(key, follower.position, follower.catalog.state(), follower.users.folded(),
                     follower.popularity.extra())
 
 
@@ -154,4 +156,4 @@ class Snapshotter:
         if path is not None:
             log.info("snapshot %s: copied on the event loop in %.1f ms, written in %.2fs (item seq %d, interaction "
                      "seq %d, %d rows)", path.name, copy_s * 1000, time.perf_counter() - started,
-                     snapshot.position.item_seq, snapshot.position.interaction_seq, len(snapshot.index.ids))
+                     snapshot.position.item_seq, snapshot.position.interaction_seq, len(snapshot.catalog.items.ids))

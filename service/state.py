@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from cliper.bundle import LoadedBundle
 from service.cache import UserVectorCache
+from service.catalog import ItemCatalog
 from service.config import Settings
 from service.encoders import ItemEncoder
 from service.follower import StoreFollower
@@ -11,6 +12,7 @@ from service.ingest import ItemService
 from service.interactions import InteractionRecorder
 from service.metrics import Metrics
 from service.recommend import RecommendationService
+from service.search import CatalogSearch
 from service.snapshotter import Snapshotter
 from service.store import Store
 
@@ -23,8 +25,10 @@ class Services:
     metrics: Metrics
     bundle: LoadedBundle
     encoder: ItemEncoder
+    catalog: ItemCatalog
     items: ItemService
     recommendations: RecommendationService
+    search: CatalogSearch
     interactions: InteractionRecorder
     cache: UserVectorCache
     store: Store

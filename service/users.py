@@ -16,6 +16,7 @@ exactly after a restart. A user with neither a bundle vector nor interactions ge
 popularity ranking, flagged as a fallback.
 """
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -69,6 +70,12 @@ class UserState:
             grams = np.stack([s.gram for s in stats]) if stats else np.zeros((0, self.dim, self.dim))
         return Folded({user: list(items) for user, items in self._new_seen.items()}, users,
                       np.array([s.count for s in stats], dtype=np.int64), totals, grams)
+
+    def some(self, limit: int) -> list[str]:
+        """Up to `limit` known users: the bundle's first, then those folded in since."""
+        users = list(itertools.islice(self._rows, limit))
+        return users + [user for user in itertools.islice(self._stats, limit) if user not in self._rows][
+            : limit - len(users)]
 
     def known(self, user_id: str) -> bool:
         """Whether the user has a vector (from the bundle or folded in)."""

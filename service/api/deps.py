@@ -3,9 +3,10 @@
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Query, Request
 
 from service.errors import Unauthorized
+from service.selection import Selection
 from service.state import Services
 
 
@@ -38,3 +39,17 @@ async def require_api_key(
 
 
 ApiKey = Depends(require_api_key)
+
+
+async def get_selection(
+    services: ServicesDep,
+    filters: Annotated[list[str], Query(alias="filter", description=(
+        "field:value, e.g. categories:Shoes: the item's field equals the value (case-insensitive), or, "
+        "for a list field such as categories, one of its entries does; repeat to AND several"))] = [],  # noqa: B006
+    exclude: Annotated[list[str], Query(description="item ids to leave out, comma-separated; may repeat")] = [],  # noqa: B006
+) -> Selection:
+    """The `filter` and `exclude` parameters of the read endpoints; a 422 saying what is wrong."""
+    return Selection.parse(filters, exclude, services.bundle.manifest.views.columns)
+
+
+SelectionDep = Annotated[Selection, Depends(get_selection)]

@@ -1,25 +1,34 @@
-"""POST /items (JSON or multipart), GET /items/{item_id}, DELETE /items/{item_id}."""
+"""POST /items (JSON or multipart), GET /items/{item_id} (and its /similar and /image), DELETE /items/{item_id}.
+
+Item ids may contain slashes, so the routes with a suffix (`/similar`, `/image`) are declared
+before the plain one: an item whose own id ends in "/similar" or "/image" cannot be read by it.
+"""
 
 import base64
 import binascii
 import hashlib
+import io
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from PIL import Image
+from pydantic import BaseModel, ValidationError
 
-from service.api.deps import ApiKey, ServicesDep
+from service.api.deps import ApiKey, SelectionDep, ServicesDep
 from service.api.idempotency import IdempotencyKey, as_response, idempotent, replay
 from service.api.multipart import parse_multipart
 from service.api.responses import errors
-from service.api.schemas import Id, ItemCreated, ItemDeleted, ItemFields, ItemIn, ItemOut
+from service.api.schemas import Id, ItemCreated, ItemDeleted, ItemFields, ItemIn, ItemOut, ScoredItem, SimilarItems
 from service.errors import BadInput, UnsupportedMediaType
 from service.fetch import fetch_image
+from service.popularity import MAX_K
+from service.recommend import view_explanation
 from service.state import Services
 
 router = APIRouter(prefix="/items", tags=["items"])
+Body = TypeVar("Body", bound=BaseModel)
 
 IMAGE_FORM_FIELD = "image"
 MAX_FORM_PARTS = 64
@@ -57,10 +66,10 @@ async def create_item(
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     image_url = None
     if content_type == "application/json":
-        body = await _json_body(request)
+        body = await json_body(request, ItemIn)
         _check_fields(body.fields, services)
         item_id, fields, image_url = body.item_id, body.fields, body.image_url
-        image = None if image_url is not None else _base64_image(body)
+        image = None if image_url is not None else base64_image(body.image_base64 or "")
     elif content_type == "multipart/form-data":
         item_id, fields, image = await _from_form(request)
         _check_fields(fields, services)
@@ -80,6 +89,34 @@ async def create_item(
     return as_response(await services.items.ingest(item_id, fields, image, replace, once))
 
 
+@router.get("/{item_id:path}/similar", response_model=SimilarItems, responses=errors(404, 422))
+async def similar_items(
+    item_id: Annotated[Id, Path()],
+    services: ServicesDep,
+    selection: SelectionDep,
+    k: Annotated[int, Query(ge=1, le=MAX_K, description="how many items")] = 20,
+    explain: Annotated[bool, Query(description="add each item's view weights and their summary")] = False,
+) -> SimilarItems:
+    """The k items whose vectors are nearest this item's (inner product), itself left out; an
+    item ingested a second ago is found by its content vector. Filters as for recommendations."""
+    hits = await services.search.similar(item_id, k, selection)
+    fusion = services.bundle.manifest.fusion
+    return SimilarItems(item_id=item_id, bundle_version=services.bundle_version, items=[
+        ScoredItem(item_id=hit.item_id, score=hit.score,
+                   explanation=view_explanation(services.catalog, fusion, hit.row) if explain else None)
+        for hit in hits
+    ])
+
+
+@router.get("/{item_id:path}/image", response_class=Response, responses={
+    200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}, "description": "the image"},
+    **errors(404, 422)})
+async def item_image(item_id: Annotated[Id, Path()], services: ServicesDep) -> Response:
+    """The stored image of an ingested item; a bundle item's thumbnail (a small JPEG)."""
+    image = await services.items.image(item_id)
+    return Response(image, media_type=_media_type(image), headers={"Cache-Control": "max-age=60"})
+
+
 @router.get("/{item_id:path}", response_model=ItemOut, responses=errors(404, 422))
 async def get_item(
     item_id: Annotated[Id, Path()],
@@ -87,8 +124,8 @@ async def get_item(
     include_vector: Annotated[bool, Query(description="include the item vector")] = False,
 ) -> ItemOut:
     info = await services.items.get(item_id)
-    return ItemOut(item_id=info.item_id, source=info.source, fields=info.fields, created_at=info.created_at,
-                   bundle_version=services.bundle_version,
+    return ItemOut(item_id=info.item_id, source=info.source, fields=info.fields, view_weights=info.view_weights,
+                   created_at=info.created_at, bundle_version=services.bundle_version,
                    vector=info.vector.tolist() if include_vector else None)
 
 
@@ -101,17 +138,21 @@ async def delete_item(item_id: Annotated[Id, Path()], services: ServicesDep, key
     return as_response(await services.items.delete(item_id, once))
 
 
-async def _json_body(request: Request) -> ItemIn:
+async def json_body(request: Request, model: type[Body]) -> Body:
+    """The request's JSON body as `model`; 415 for another content type, 422 for invalid JSON."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise UnsupportedMediaType(f"send application/json, not {content_type or 'no Content-Type'}")
     try:
-        return ItemIn.model_validate_json(await request.body())
+        return model.model_validate_json(await request.body())
     except ValidationError as exc:
         raise _invalid_body(exc) from exc
 
 
-def _base64_image(body: ItemIn) -> bytes:
+def base64_image(data: str) -> bytes:
     """The image bytes of a JSON body that sends them base64-encoded."""
     try:
-        return base64.b64decode(body.image_base64 or "", validate=True)
+        return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadInput(f"image_base64 is not valid base64: {exc}") from exc
 
@@ -135,6 +176,15 @@ def _invalid_body(exc: ValidationError) -> RequestValidationError:
     """FastAPI's 422 format; inputs are not echoed (they may be megabytes, or not UTF-8)."""
     errors = exc.errors(include_url=False, include_input=False)
     return RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in errors])
+
+
+def _media_type(image: bytes) -> str:
+    """The MIME type of image bytes the service stored (it decoded them when they came in)."""
+    try:
+        with Image.open(io.BytesIO(image)) as opened:
+            return Image.MIME.get(opened.format or "", "application/octet-stream")
+    except (OSError, ValueError):
+        return "application/octet-stream"
 
 
 def _check_fields(fields: Mapping[str, str], services: Services) -> None:

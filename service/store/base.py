@@ -21,7 +21,7 @@ also keeps idempotency keys with their replies (`service.idempotency`) in the sa
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -67,12 +67,15 @@ class StoredInteraction:
 
 @dataclass
 class ItemChange:
-    """One entry of the item log: an item put (with its vector) or withdrawn (`vector` None)."""
+    """One entry of the item log: an item put (with its packed encoding, `cliper.encoding`) or
+    withdrawn (`vector` None). `fields` are the item's text fields as stored now (read with the
+    log: a later entry of a replaced item carries the same), empty for a withdrawn item."""
 
     seq: int
     item_id: str
     vector: np.ndarray | None
     bundle_version: str | None
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 class WriteTransaction(ABC):

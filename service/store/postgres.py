@@ -147,10 +147,11 @@ class PostgresStore(Store):
 
     def item_changes(self, after: int) -> list[ItemChange]:
         rows = self._read(
-            "SELECT seq, item_id, vector, bundle_version FROM item_changes WHERE seq > %s ORDER BY seq", (after,)
+            "SELECT c.seq, c.item_id, c.vector, c.bundle_version, i.fields FROM item_changes c "
+            "LEFT JOIN items i ON i.item_id = c.item_id WHERE c.seq > %s ORDER BY c.seq", (after,)
         )
-        return [ItemChange(seq, item_id, None if vector is None else blob_vector(vector), version)
-                for seq, item_id, vector, version in rows]
+        return [ItemChange(seq, item_id, None if vector is None else blob_vector(vector), version, fields or {})
+                for seq, item_id, vector, version, fields in rows]
 
     def interactions(self, after: int) -> list[tuple[int, StoredInteraction]]:
         rows = self._read(

@@ -18,6 +18,7 @@ from service_testing import item_body
 from store_testing import Database
 
 from cliper.bundle import build_index
+from service.catalog import CatalogState
 from service.index import ItemIndex
 from service.snapshot import LogPosition, Snapshot, SnapshotDir, SnapshotKey
 from service.users import Folded
@@ -227,9 +228,16 @@ def test_fold_in_sums_with_gram_matrices_are_kept_for_their_rule_only(tmp_path: 
     users = Folded({"u1": ["i1"], "u2": ["i2", "i3"]}, ["u1", "u2"], np.array([1, 2]), totals, grams)
     key = SnapshotKey("bundle-1", "store-1", "least_squares")
     folder = SnapshotDir(tmp_path, keep=2)
-    folder.write(Snapshot(key, LogPosition(3, 4), index.state(), users, {"i1": 1}))
+    clip_vectors = rng.normal(size=(20, 6)).astype(np.float32)
+    clip = ItemIndex(build_index(clip_vectors, "Flat")[0], [f"i{i}" for i in range(20)], clip_vectors)
+    weights = rng.dirichlet(np.ones(3), 20).astype(np.float32)
+    catalog = CatalogState(index.state(), clip.state(), weights, {20: {"title": "an ingested mug"}})
+    folder.write(Snapshot(key, LogPosition(3, 4), catalog, users, {"i1": 1}))
     loaded = folder.load(key, lambda snapshot: snapshot)
     assert loaded is not None and loaded.position == LogPosition(3, 4)
+    np.testing.assert_array_equal(loaded.catalog.clip.live_vectors, clip_vectors)
+    np.testing.assert_array_equal(loaded.catalog.view_weights, weights)
+    assert loaded.catalog.ingested_fields == {20: {"title": "an ingested mug"}}
     assert loaded.users.seen == users.seen and loaded.users.stats_users == ["u1", "u2"]
     np.testing.assert_array_equal(loaded.users.grams, grams)
     np.testing.assert_array_equal(loaded.users.totals, totals)
