@@ -31,15 +31,15 @@ OPSET = 17
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """The input and output names of one exported graph (see docs/architecture.md)."""
+    """The input and output names of one exported graph, outputs in order (see docs/architecture.md)."""
 
     inputs: tuple[str, ...]
-    output: str
+    outputs: tuple[str, ...]
 
 
-IMAGE_GRAPH = GraphSpec(("pixel_values",), "image_features")
-TEXT_GRAPH = GraphSpec(("input_ids",), "text_features")
-TOWER_GRAPH = GraphSpec(("image_features", "text_view_features"), "item_vectors")
+IMAGE_GRAPH = GraphSpec(("pixel_values",), ("image_features",))
+TEXT_GRAPH = GraphSpec(("input_ids",), ("text_features",))
+TOWER_GRAPH = GraphSpec(("image_features", "text_view_features"), ("item_vectors", "view_weights"))
 
 
 class ImageEncoder(nn.Module):
@@ -65,8 +65,8 @@ class TextEncoder(nn.Module):
 
 
 class ItemTower(nn.Module):
-    """`(image (B, Di), text views (B, V, Dt))` -> item vectors `(B, K)`: the backbone's
-    content-only path, CLIPER fusion included."""
+    """`(image (B, Di), text views (B, V, Dt))` -> `(item vectors (B, K), view weights (B, V))`:
+    the backbone's content-only path, CLIPER fusion included, and each view's weight in it."""
 
     def __init__(self, model: Recommender):
         super().__init__()
@@ -77,8 +77,9 @@ class ItemTower(nn.Module):
             )
         self.model = model
 
-    def forward(self, image_features: Tensor, text_view_features: Tensor) -> Tensor:
-        return self.model.content_item_vectors(image_features, text_view_features)
+    def forward(self, image_features: Tensor, text_view_features: Tensor) -> tuple[Tensor, Tensor]:
+        return (self.model.content_item_vectors(image_features, text_view_features),
+                self.model.content_view_weights(image_features, text_view_features))
 
 
 def export_graph(
@@ -89,7 +90,7 @@ def export_graph(
     dynamic: dict[str, dict[int, str]] | None = None,
 ) -> Path:
     """Trace `module` on `example` (CPU tensors) into an ONNX file at `path`; axis 0 of every
-    input and of the output is dynamic, and so are the axes named in `dynamic`.
+    input and output is dynamic, and so are the axes named in `dynamic`.
 
     The module is put in eval mode (the exporter restores a wrapper's original mode afterwards,
     which for a fresh wrapper would switch dropout back on). The example should look like real
@@ -97,7 +98,7 @@ def export_graph(
     """
     module = module.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    axes = {name: {0: "batch", **(dynamic or {}).get(name, {})} for name in (*spec.inputs, spec.output)}
+    axes = {name: {0: "batch", **(dynamic or {}).get(name, {})} for name in (*spec.inputs, *spec.outputs)}
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # its fused attention op has no ONNX export
     try:
@@ -124,7 +125,7 @@ def _trace(module: nn.Module, spec: GraphSpec, example: tuple[Tensor, ...], path
             example,
             str(path),
             input_names=list(spec.inputs),
-            output_names=[spec.output],
+            output_names=list(spec.outputs),
             dynamic_axes=axes,
             opset_version=OPSET,
             do_constant_folding=True,

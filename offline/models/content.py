@@ -252,6 +252,14 @@ class ContentRecommender(Recommender):
         raw = self.raw_content_item_vectors(image, text_views)
         return self.cold_center + self.cold_scale * (raw - self.cold_center)
 
+    def content_view_weights(self, image: Tensor, text_views: Tensor) -> Tensor:
+        """`(B, V)`: each text view's weight in the content path's fusion (`ViewFusion.view_weights`;
+        uniform for the `image` mode, which fuses no text); torch-traceable (the item tower's
+        second output)."""
+        if self.encoder.fusion is None:
+            return torch.ones_like(text_views[..., 0]) / text_views.shape[1]
+        return self.encoder.fusion.view_weights(text_views, image)
+
     def _folds(self) -> tuple[Tensor, ...]:
         """A fixed partition of the warm items' rows (positions in `warm_items`) into folds."""
         order = torch.randperm(len(self.warm_items), generator=torch.Generator().manual_seed(0))
