@@ -23,6 +23,7 @@ test: $(STAMP)
 	bash scripts/ensure_redis.sh
 	bash scripts/ensure_postgres.sh
 	bash scripts/ensure_wrk.sh
+	bash scripts/ensure_chromium.sh
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 demo: $(STAMP)
