@@ -3,8 +3,11 @@
 The run folder (`offline train`) gives the model spec and weights, the split, and, through its
 config, the catalog and the features folder; the features' `items.json` names the CLIP they
 were made with. The export traces the CLIP encoders and the item tower to ONNX, writes the
-tokenizer, and hands everything to `cliper.bundle.write_bundle`, which builds the FAISS index
-and swaps the finished folder into place.
+tokenizer, computes every item's view weights and CLIP embeddings from its features (the
+model's fusion, then `cliper.encoding.encode_clip`, as the service encodes an ingested item),
+takes its text fields and a JPEG thumbnail of its image from the catalog, and hands everything
+to `cliper.bundle.write_bundle`, which builds the two FAISS indexes and swaps the finished
+folder into place.
 """
 
 import json
@@ -18,13 +21,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 from cliper.bundle import IMAGE_ENCODER, ITEM_TOWER, TEXT_ENCODER, BundleContent, Seen, fp16_variant, write_bundle
+from cliper.encoding import ItemEncoding, encode_clip
 from cliper.manifest import Chunking, Dims, Fusion, IndexSpec, Manifest, Training
+from cliper.thumbnails import thumbnail_jpeg
 from cliper.views import ViewsConfig
 from offline.clip.model import ClipHandle, ClipSpec, load_clip, read_clip_spec
 from offline.config import ConfigError, StrictModel
 from offline.data.catalog import Catalog, load_catalog, resolve_views
+from offline.data.images import ImageLoader
 from offline.data.split import SplitData
 from offline.export.onnx_export import convert_to_fp16, export_clip_encoders, export_item_tower
 from offline.export.tokenizer import export_tokenizer
@@ -37,6 +45,7 @@ from offline.train.trainer import load_checkpoint
 SOURCE_FILE = "source.json"  # where the bundle came from: the run folder and the CLIP spec
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 IDENTITY_KEYS = ("model", "pretrained", "weights_sha256", "embed_dim", "image_size", "context_length")
+ENCODE_BATCH = 4096  # items per step of the view weights and CLIP embeddings (bounds the copies' memory)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +55,10 @@ class ExportConfig(StrictModel):
 
     index_factory: str = "Flat"  # FAISS factory string: "Flat" (exact), "IVF256,Flat", "HNSW32", ...
     search_params: str = ""  # FAISS ParameterSpace string applied at load, e.g. "nprobe=16"
+    clip_index_factory: str = "Flat"  # the same for the index of the items' CLIP search vectors
+    clip_search_params: str = ""
     fp16: bool = True  # also write fp16 graphs (`*.fp16.onnx`) for GPU serving
+    thumbnails: bool = True  # a JPEG thumbnail of every item's image (GET /items/{id}/image)
 
 
 @dataclass
@@ -126,6 +138,9 @@ def export_bundle(run_dir: Path, out: Path, cfg: ExportConfig, clip_spec: ClipSp
     clip = run.load_clip(clip_spec)
     with torch.no_grad():
         users, items = (vectors.float().cpu().numpy() for vectors in model_vectors(run.model))
+    encodings = item_encodings(run, items)
+    catalog = run.load_catalog()
+    rows = catalog_rows(run, catalog)
     with tempfile.TemporaryDirectory(prefix="cliper-export-") as tmp:
         folder = Path(tmp)
         log.info("exporting the ONNX graphs")
@@ -147,9 +162,14 @@ def export_bundle(run_dir: Path, out: Path, cfg: ExportConfig, clip_spec: ClipSp
             user_ids=run.split.user_ids,
             user_vectors=users,
             item_ids=run.split.item_ids,
-            item_vectors=items,
+            item_vectors=encodings.vector,
             seen=Seen.from_pairs(train, run.split.n_users),
             popularity=np.bincount(train[:, 1], minlength=run.split.n_items).astype(np.float32),
+            item_fields=item_fields(rows, run.views),
+            clip_image=encodings.clip_image,
+            clip_text=encodings.clip_text,
+            view_weights=encodings.view_weights,
+            thumbnails=thumbnails(rows, catalog) if cfg.thumbnails else None,
             extra_files=extra,
         )
         fields = {
@@ -165,11 +185,68 @@ def export_bundle(run_dir: Path, out: Path, cfg: ExportConfig, clip_spec: ClipSp
             "metrics": flatten_metrics(run.metrics),
             "training": training_record(run),
             "index": IndexSpec(factory=cfg.index_factory, search_params=cfg.search_params),
+            "clip_index": IndexSpec(factory=cfg.clip_index_factory, search_params=cfg.clip_search_params),
             "supports_cold_items": True,
         }
         manifest = write_bundle(out, fields, content)
     log.info("exported %s to %s in %.1f s", run.root, out, time.perf_counter() - started)
     return manifest
+
+
+def item_encodings(run: TrainedRun, item_vectors: np.ndarray) -> ItemEncoding:
+    """Every item's encoding: its vector from `item_vectors`, its view weights from its content
+    features through the model's fusion, its CLIP embeddings from `encode_clip` on the same
+    features (the service's path for an ingested item)."""
+    weights, images, texts = [], [], []
+    for start in range(0, run.split.n_items, ENCODE_BATCH):
+        batch = slice(start, start + ENCODE_BATCH)
+        image, text_views = run.content.image[batch], run.content.text_views[batch]
+        with torch.no_grad():
+            batch_weights = run.model.content_view_weights(image, text_views).numpy()
+        clip_image, clip_text = encode_clip(image.numpy(), text_views.numpy(), batch_weights)
+        weights.append(batch_weights)
+        images.append(clip_image)
+        texts.append(clip_text)
+    return ItemEncoding(item_vectors, np.concatenate(images), np.concatenate(texts), np.concatenate(weights))
+
+
+def catalog_rows(run: TrainedRun, catalog: Catalog) -> list[dict[str, Any]]:
+    """The catalog's row of every item of the split, in the split's order."""
+    by_id = catalog.items.set_index("item_id", drop=False)
+    missing = [item for item in run.split.item_ids if item not in by_id.index]
+    if missing:
+        raise ConfigError(
+            f"the catalog {catalog.root} has no row for {len(missing)} of the run's {run.split.n_items} items, "
+            f"e.g. {missing[:5]}; export with the catalog the run was trained on"
+        )
+    return by_id.loc[run.split.item_ids].to_dict("records")
+
+
+def item_fields(rows: list[dict[str, Any]], views: ViewsConfig) -> list[dict[str, str]]:
+    """Each item's text in the views' columns (what the service's filters match), blank ones left out."""
+    return [{column: str(row[column]) for column in views.columns if str(row[column]).strip()} for row in rows]
+
+
+def usable_image(loader: ImageLoader, catalog: Catalog, row: dict[str, Any]) -> Image.Image | None:
+    """The item's image as the features stage loads it, or None when it has none or it is bad
+    (the features then saw `loader`'s placeholder, recorded in `loader.bad_images`)."""
+    bad = len(loader.bad_images)
+    image = loader.load(row["item_id"], catalog.image_file(row))
+    return image if len(loader.bad_images) == bad else None
+
+
+def thumbnails(rows: list[dict[str, Any]], catalog: Catalog) -> list[bytes | None]:
+    """A JPEG thumbnail of each item's image; None for an item without a usable one (logged once)."""
+    loader = ImageLoader()
+    jpegs = []
+    for row in tqdm(rows, desc="thumbnails", unit="item"):
+        image = usable_image(loader, catalog, row)
+        jpegs.append(None if image is None else thumbnail_jpeg(image))
+    if loader.bad_images:
+        examples = "; ".join(f"{item}: {reason}" for item, reason in loader.bad_images[:3])
+        log.warning("%d of %d items have no usable image and get no thumbnail, e.g. %s",
+                    len(loader.bad_images), len(rows), examples)
+    return jpegs
 
 
 def training_record(run: TrainedRun) -> Training:
