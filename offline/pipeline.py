@@ -80,6 +80,7 @@ class PipelineConfig(StrictModel):
     profile: Literal["demo", "fast"] = "demo"
     index_factory: str = "Flat"
     fp16: bool = True
+    thumbnails: bool = True
 
 
 class PipelineError(RuntimeError):
@@ -267,7 +268,8 @@ class Pipeline:
         return self._stage("refit", key, lambda _: all(path.is_file() for path in outputs), work)["run_id"]
 
     def export(self, refit_run_id: str, clip_spec: ClipSpec) -> str:
-        export_cfg = ExportConfig(index_factory=self.cfg.index_factory, fp16=self.cfg.fp16)
+        export_cfg = ExportConfig(index_factory=self.cfg.index_factory, fp16=self.cfg.fp16,
+                                  thumbnails=self.cfg.thumbnails)
         key = fingerprint("export", refit_run_id, export_cfg.model_dump(mode="json"))
         bundle = self.out / "bundle"
 

@@ -42,6 +42,9 @@ def command(
     fast: Annotated[bool, typer.Option(help="smoke-test profile: one CLIP epoch, three training epochs")] = False,
     index_factory: Annotated[str, typer.Option(help="FAISS index factory of the bundle")] = "Flat",
     fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="also export fp16 graphs for GPU")] = True,
+    thumbnails: Annotated[
+        bool, typer.Option("--thumbnails/--no-thumbnails", help="export a JPEG thumbnail of every item's image")
+    ] = True,
 ) -> None:
     """train-clip, features, evaluate, refit on every interaction, export, verify; stages whose
     inputs did not change are reused."""
@@ -64,6 +67,7 @@ def command(
         profile="fast" if fast else "demo",
         index_factory=index_factory,
         fp16=fp16,
+        thumbnails=thumbnails,
     )
     try:
         results = run_pipeline(cfg, typer.echo)
