@@ -36,10 +36,10 @@ def summary(weights: Mapping[str, float], fusion: Fusion) -> str:
     if not fusion.weighs_by_image:
         return f"this model's fusion ({fusion.mode}) weighs the views by a fixed rule, not by the image"
     uniform = 1 / len(weights)
+    if all(0.8 * uniform <= weight <= 1.25 * uniform for weight in weights.values()):
+        return "the image agrees with every view about equally"
     agree = [name for name, weight in weights.items() if weight >= uniform]
     disagree = [name for name, weight in weights.items() if weight < uniform / 2]
-    if not disagree and len(agree) == len(weights):
-        return "the image agrees with every view about equally"
     text = f"the image agrees with {_listed(agree)}" if agree else "the image agrees with no view clearly"
     return f"{text}, not {_listed(disagree)}" if disagree else text
 
