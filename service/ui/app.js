@@ -40,13 +40,19 @@ function showError(testid, error) {
   box.hidden = !error;
 }
 
+let pending = 0; // actions running; the body is data-busy while there are any (tests wait for it)
+
 /** Run `action`, showing a failure in the alert `testid`. */
 async function guarded(testid, action) {
   showError(testid, null);
+  document.body.dataset.busy = String(++pending);
   try {
     await action();
   } catch (error) {
     showError(testid, error instanceof ApiError ? error : new ApiError(String(error)));
+  } finally {
+    if (--pending === 0) delete document.body.dataset.busy;
+    else document.body.dataset.busy = String(pending);
   }
 }
 
