@@ -1,16 +1,21 @@
-"""offline export: ONNX graphs equal torch, the bundle holds what the manifest says, the index is exact."""
+"""offline export: ONNX graphs equal torch, the bundle holds what the manifest says (every item's
+fields, CLIP embeddings, view weights and thumbnail too), the index is exact."""
 
+import io
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from cliper.bundle import IMAGE_ENCODER, ITEM_TOWER, TEXT_ENCODER, fp16_variant, read_bundle
+from cliper.thumbnails import THUMBNAILS
 from cliper.tokenizer import TextTokenizer, trim_padding
 from offline.cli import app
 from offline.clip.model import ClipSpec, load_clip
@@ -18,6 +23,7 @@ from offline.config import ConfigError
 from offline.export.bundle import SOURCE_FILE, ExportConfig, export_bundle, flatten_metrics, load_run
 from offline.export.onnx_export import (
     IMAGE_GRAPH,
+    TOWER_GRAPH,
     ItemTower,
     convert_to_fp16,
     cpu_session,
@@ -74,20 +80,64 @@ def test_fp16_graph_keeps_float32_inputs_and_outputs(tmp_path: Path) -> None:
     assert 0 < np.abs(got - expected).max() <= 0.01 * np.abs(expected).max()
 
 
-@pytest.mark.parametrize("backbone", ["freedom", "vbpr"])
-def test_item_tower_matches_content_vectors(backbone: str, tmp_path: Path) -> None:
+def _tiny_model(backbone: str, content_mode: str = "attention", tau: float = 0.2):
+    """A model on 30 items of random 16-wide features with the views title, brand, global."""
     generator = torch.Generator().manual_seed(0)
     graph = InteractionGraph(20, 30, np.stack([np.arange(40) % 20, np.arange(40) % 25], axis=1), np.arange(25, 30))
     image, views = torch.randn(30, 16, generator=generator), torch.randn(30, 3, 16, generator=generator)
     content = ContentFeatures(image, views, ("title", "brand", "global"))
-    model = build_model(ModelSpec(name=backbone), graph, content).eval()
+    return build_model(ModelSpec(name=backbone, content_mode=content_mode, tau=tau), graph, content).eval()
+
+
+def _softmax_weights(image: np.ndarray, views: np.ndarray, tau: float) -> np.ndarray:
+    """CLIPER's attention weights in numpy: softmax over views of cos(view, image) / tau."""
+    image = image / np.linalg.norm(image, axis=-1, keepdims=True)
+    views = views / np.linalg.norm(views, axis=-1, keepdims=True)
+    logits = np.einsum("bvd,bd->bv", views, image) / tau
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("backbone", ["freedom", "vbpr"])
+def test_item_tower_matches_content_vectors(backbone: str, tmp_path: Path) -> None:
+    model = _tiny_model(backbone)
     session = cpu_session(export_item_tower(model, tmp_path / ITEM_TOWER))
+    assert [output.name for output in session.get_outputs()] == ["item_vectors", "view_weights"]
+    generator = torch.Generator().manual_seed(1)
     for batch in (1, 7):
         image, views = torch.randn(batch, 16, generator=generator), torch.randn(batch, 3, 16, generator=generator)
         with torch.no_grad():
             expected = model.content_item_vectors(image, views).numpy()
-        got = _run(session, image_features=image.numpy(), text_view_features=views.numpy())
-        assert np.abs(got - expected).max() <= TOLERANCE
+        vectors, weights = session.run(None, {"image_features": image.numpy(), "text_view_features": views.numpy()})
+        assert np.abs(vectors - expected).max() <= TOLERANCE
+        assert np.abs(weights - _softmax_weights(image.numpy(), views.numpy(), 0.2)).max() <= 1e-5
+
+
+@pytest.mark.parametrize(("mode", "row"), [
+    ("mean", [1 / 3] * 3), ("concat", [1 / 3] * 3), ("mlp", [1 / 3] * 3), ("image", [1 / 3] * 3),
+    ("sum", [1.0, 1.0, 1.0]), ("global", [0.0, 0.0, 1.0]),
+])
+def test_item_tower_view_weights_of_fixed_fusions(mode: str, row: list[float], tmp_path: Path) -> None:
+    """A fusion without attention weighs every item's views alike: uniform, ones, or the global view."""
+    session = cpu_session(export_item_tower(_tiny_model("vbpr", mode), tmp_path / ITEM_TOWER))
+    generator = torch.Generator().manual_seed(2)
+    image, views = torch.randn(5, 16, generator=generator), torch.randn(5, 3, 16, generator=generator)
+    _, weights = session.run(None, {"image_features": image.numpy(), "text_view_features": views.numpy()})
+    np.testing.assert_allclose(weights, np.tile(row, (5, 1)), atol=1e-6)
+
+
+def test_fp16_item_tower_keeps_both_float32_outputs(tmp_path: Path) -> None:
+    model = _tiny_model("freedom")
+    half = convert_to_fp16(export_item_tower(model, tmp_path / ITEM_TOWER), tmp_path / fp16_variant(ITEM_TOWER))
+    graph = onnx.load(str(half)).graph
+    assert tuple(output.name for output in graph.output) == TOWER_GRAPH.outputs
+    assert {i.type.tensor_type.elem_type for i in (*graph.input, *graph.output)} == {onnx.TensorProto.FLOAT}
+    image, views = torch.randn(4, 16), torch.randn(4, 3, 16)
+    with torch.no_grad():
+        expected = (model.content_item_vectors(image, views).numpy(), model.content_view_weights(image, views).numpy())
+    got = cpu_session(half).run(None, {"image_features": image.numpy(), "text_view_features": views.numpy()})
+    for out, want in zip(got, expected, strict=True):
+        assert out.dtype == np.float32 and np.abs(out - want).max() <= 0.01 * np.abs(want).max()
 
 
 def test_id_only_backbone_has_no_item_tower(synth_world: Path, tmp_path: Path) -> None:
@@ -131,6 +181,45 @@ def test_bundle_content_and_manifest(bundle: Path, tiny_run: Path) -> None:
     assert isinstance(image.get_inputs()[0].shape[0], str)
 
 
+def _readable(path: Path) -> np.ndarray | None:
+    """The image's RGB pixels, or None when it is missing or cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.float32)
+    except OSError:
+        return None
+
+
+def test_every_item_has_its_fields_clip_embeddings_view_weights_and_thumbnail(bundle: Path, tiny_run: Path) -> None:
+    loaded, run = read_bundle(bundle), load_run(tiny_run)
+    data = Path(run.config.data)
+    items = pd.read_csv(data / "items.csv", dtype=str, keep_default_na=False).set_index("item_id").loc[loaded.item_ids]
+    columns = loaded.manifest.views.columns
+    assert loaded.item_fields == [{c: row[c] for c in columns if row[c].strip()} for _, row in items.iterrows()]
+    assert any(len(fields) < len(columns) for fields in loaded.item_fields)  # blank fields are left out
+    # CLIP embeddings and view weights, recomputed in numpy from the run's features (attention, tau 0.2)
+    image, views = run.content.image.numpy(), run.content.text_views.numpy()
+    weights = _softmax_weights(image, views, loaded.manifest.fusion.tau)
+    np.testing.assert_allclose(loaded.view_weights, weights, atol=1e-5)
+    np.testing.assert_allclose(loaded.clip_image, image / np.linalg.norm(image, axis=1, keepdims=True), atol=1e-5)
+    fused = np.einsum("bv,bvd->bd", weights, views)
+    np.testing.assert_allclose(loaded.clip_text, fused / np.linalg.norm(fused, axis=1, keepdims=True), atol=1e-5)
+    assert loaded.clip_index.ntotal == len(loaded.item_ids) and loaded.manifest.clip_index.factory == "Flat"
+    # a JPEG of each readable image (32 px: not enlarged), none for the synthetic world's broken ones
+    missing = 0
+    for row, path in enumerate(items["image_path"]):
+        original, jpeg = _readable(data / path), loaded.thumbnails.get(row)
+        if original is None:
+            missing += 1
+            assert jpeg is None, loaded.item_ids[row]
+            continue
+        with Image.open(io.BytesIO(jpeg)) as thumbnail:
+            assert thumbnail.format == "JPEG"
+            pixels = np.asarray(thumbnail.convert("RGB"), dtype=np.float32)
+        assert pixels.shape == original.shape and np.abs(pixels - original).mean() < 12, loaded.item_ids[row]
+    assert 0 < missing < len(items)
+
+
 def test_index_returns_brute_force_ids_and_scores(bundle: Path) -> None:
     loaded = read_bundle(bundle)
     k = 20
@@ -142,17 +231,23 @@ def test_index_returns_brute_force_ids_and_scores(bundle: Path) -> None:
     assert (ids == expected_ids).mean() > 0.99  # only exact ties may swap places
 
 
-def test_export_command_with_an_approximate_index(tiny_run: Path, tmp_path: Path) -> None:
+def test_export_command_with_approximate_indexes_and_no_thumbnails(tiny_run: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app,
-        ["export", "--run", str(tiny_run), "--out", str(tmp_path / "b"), "--no-fp16",
-         "--index-factory", "HNSW32", "--search-params", "efSearch=128"],
+        ["export", "--run", str(tiny_run), "--out", str(tmp_path / "b"), "--no-fp16", "--no-thumbnails",
+         "--index-factory", "HNSW32", "--search-params", "efSearch=128",
+         "--clip-index-factory", "HNSW16", "--clip-search-params", "efSearch=64"],
     )
     assert result.exit_code == 0, result.output
     assert re.search(r"index HNSW32, recall@50 vs exact \d\.\d{4}", result.output)
-    manifest = read_bundle(tmp_path / "b").manifest
+    assert re.search(r"CLIP index HNSW16, recall@50 vs exact \d\.\d{4}, no thumbnails", result.output)
+    bundle = read_bundle(tmp_path / "b")
+    manifest = bundle.manifest
     assert manifest.index.factory == "HNSW32" and manifest.index.recall_at_50 > 0.95
+    assert manifest.clip_index.factory == "HNSW16" and manifest.clip_index.search_params == "efSearch=64"
     assert not any(name.endswith(".fp16.onnx") for name in manifest.files)
+    assert bundle.thumbnails is None and THUMBNAILS not in manifest.files and not (tmp_path / "b" / THUMBNAILS).exists()
+    assert len(bundle.item_fields) == len(bundle.view_weights) == len(bundle.clip_text) == len(bundle.item_ids)
 
 
 def test_wrong_clip_is_refused(tiny_run: Path) -> None:
