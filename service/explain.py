@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from cliper.manifest import Fusion
+from cliper.views import GLOBAL_VIEW
 
 BECAUSE = 3  # history items per explained item
 HISTORY_LIMIT = 500  # the most recent history items an explanation looks at
@@ -45,5 +46,5 @@ def summary(weights: Mapping[str, float], fusion: Fusion) -> str:
 
 
 def _listed(names: Sequence[str]) -> str:
-    named = [f"the {name}" for name in names]
+    named = [f"the {name} view" if name == GLOBAL_VIEW else f"the {name}" for name in names]
     return named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]

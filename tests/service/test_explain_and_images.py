@@ -62,6 +62,8 @@ def test_a_bundle_item_shows_its_exported_fields(client: TestClient, factory: Fa
     ({"title": 0.4, "brand": 0.05, "description": 0.55}, "attention",
      "the image agrees with the title and the description, not the brand"),
     ({"title": 0.3, "brand": 0.35, "description": 0.35}, "attention", "the image agrees with every view about equally"),
+    ({"title": 0.05, "brand": 0.3, "global": 0.65}, "attention",
+     "the image agrees with the global view, not the title"),
     ({"title": 0.5, "brand": 0.5}, "mean", "this model's fusion (mean) weighs the views by a fixed rule, not by the image"),
 ])
 def test_view_weight_summaries(weights: dict[str, float], mode: str, expected: str) -> None:
