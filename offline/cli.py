@@ -6,7 +6,7 @@ open_clip) inside the function, so `--help` stays fast.
 
 import typer
 
-from offline.commands import bench, export, features, foldin, pipeline, refit, synth, train, train_clip, verify
+from offline.commands import bench, export, features, foldin, pipeline, refit, scale, synth, train, train_clip, verify
 
 app = typer.Typer(
     help="CLIPER offline job: synthetic data, CLIP training, features, recommender training, export.",
@@ -14,5 +14,5 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for module in (synth, train_clip, features, train, refit, bench, foldin, export, verify, pipeline):
+for module in (synth, scale, train_clip, features, train, refit, bench, foldin, export, verify, pipeline):
     app.command(module.NAME)(module.command)
