@@ -5,15 +5,23 @@ Checks, in order (each one a row of the report; a failed check fails the bundle)
 - provenance: backbone, fusion, dims, views, CLIP identity, user and item ids equal the run's;
 - tokenizer: the bundle's `tokenizer.json` gives open_clip's ids on the sample items' prompts;
 - preprocessing: `cliper.images` gives open_clip's image tensors on the sample items' images;
-- the ONNX image and text encoders and the item tower against torch (fp16 graphs reported);
+- the ONNX image and text encoders and the item tower (both outputs: item vectors and view
+  weights) against torch (fp16 graphs reported);
 - items from raw content: images and prompts through the bundle alone (as the service does)
   give the run's features and the offline item vectors;
+- item encodings: the sample items' stored view weights and CLIP image and fused-text
+  embeddings equal what the service computes from their raw content with the bundle's graphs
+  (`cliper.encoding.encode_clip` on the tower's view weights);
+- item fields: the sample items' stored text fields are the catalog's, and each has a thumbnail
+  exactly when it has a usable image (none in a bundle exported without thumbnails);
 - top-50 lists of sample users from the bundle's vectors and index equal the trained model's.
 """
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,19 +41,22 @@ from cliper.bundle import (
     fp16_variant,
     read_bundle,
 )
+from cliper.encoding import ItemEncoding, encode_clip
 from cliper.images import preprocess
 from cliper.manifest import Dims
+from cliper.thumbnails import thumbnail_jpeg
 from cliper.tokenizer import TextTokenizer
 from cliper.views import chunk_prompts
 from offline.clip.model import ClipHandle, ClipSpec
 from offline.config import ConfigError
 from offline.data.images import ImageLoader
-from offline.export.bundle import SOURCE_FILE, TrainedRun, fusion_record, load_run
-from offline.export.onnx_export import cpu_session
+from offline.export.bundle import SOURCE_FILE, TrainedRun, fusion_record, item_fields, load_run, usable_image
+from offline.export.onnx_export import TOWER_GRAPH, cpu_session
 from offline.train.evaluate import model_vectors
 
 TOP_K = 50
 PIXEL_TOLERANCE = 1e-5
+THUMBNAIL_PIXEL_TOLERANCE = 1.0  # mean |stored - fresh thumbnail| in 0-255 levels (another JPEG encoder's rounding)
 TOPK_MARGIN = 1e-5  # a top-k closer than this to another choice can flip with float rounding
 
 
@@ -82,12 +93,32 @@ class TopkMargins(TorchFunctionMode):
         return torch.stack(gaps).amin(dim=0) if gaps else torch.full((rows,), float("inf"))
 
 
+@dataclass(frozen=True)
+class Expected:
+    """What one output of a graph should hold (torch's answer), compared on `rows` (None: all)."""
+
+    output: str
+    values: np.ndarray
+    rows: np.ndarray | None = None
+
+
 @dataclass
 class Sample:
     """The items and users the parity checks run on (rows of the split / bundle)."""
 
     items: np.ndarray
     users: np.ndarray
+
+
+@dataclass
+class Served:
+    """Sample items (rows) encoded from raw content by the bundle's graphs: the image features,
+    the pooled text views and the encoding."""
+
+    items: np.ndarray
+    image: np.ndarray
+    text_views: np.ndarray
+    encoding: ItemEncoding
 
 
 class Verifier:
@@ -108,8 +139,8 @@ class Verifier:
         self.images = self._load_images()
 
     def checks(self) -> list[Callable[[], Check]]:
-        return [self.provenance, self.tokenizer_ids, self.preprocessing, self.image_encoder,
-                self.text_encoder, self.item_tower, self.raw_content, self.top_lists]
+        return [self.provenance, self.tokenizer_ids, self.preprocessing, self.image_encoder, self.text_encoder,
+                self.item_tower, self.raw_content, self.item_encodings, self.item_fields, self.top_lists]
 
     def provenance(self) -> Check:
         """The manifest, ids and vectors are the run's."""
@@ -155,18 +186,19 @@ class Verifier:
 
     def image_encoder(self) -> Check:
         pixels = self._pixels()
-        expected = self.clip.encode_images(pixels)
-        return self._graph_check("image encoder", IMAGE_ENCODER, {"pixel_values": pixels}, expected)
+        expected = Expected("image_features", self.clip.encode_images(pixels))
+        return self._graph_check("image encoder", IMAGE_ENCODER, {"pixel_values": pixels}, [expected])
 
     def text_encoder(self) -> Check:
         prompts = [prompt for item in self.sample.items for prompt in self._chunks(item)]
         ids = self.tokenizer.encode_batch(prompts).input_ids
-        expected = self.clip.encode_tokens(torch.from_numpy(ids))
-        return self._graph_check("text encoder", TEXT_ENCODER, {"input_ids": ids}, expected)
+        expected = Expected("text_features", self.clip.encode_tokens(torch.from_numpy(ids)))
+        return self._graph_check("text encoder", TEXT_ENCODER, {"input_ids": ids}, [expected])
 
     def item_tower(self) -> Check:
         """The sample items' features, plus random features around them (well separated, so a
-        kNN step has clear neighbours even when the catalog's features nearly coincide)."""
+        kNN step has clear neighbours even when the catalog's features nearly coincide); the view
+        weights on every input, the item vectors on those of stable kNN neighbours."""
         items = torch.from_numpy(self.sample.items)
         content = self.run.content
         generator = torch.Generator().manual_seed(0)
@@ -174,23 +206,29 @@ class Verifier:
         text_views = torch.cat([content.text_views[items], _like(content.text_views, len(items), generator)])
         with torch.no_grad():
             expected = self.run.model.content_item_vectors(image, text_views).numpy()
+            weights = self.run.model.content_view_weights(image, text_views).numpy()
         feeds = {"image_features": image.numpy(), "text_view_features": text_views.numpy()}
         stable = self._stable_rows(image, text_views)
-        check = self._graph_check("item tower", ITEM_TOWER, feeds, expected, stable)
+        vectors_name, weights_name = TOWER_GRAPH.outputs
+        outputs = [Expected(vectors_name, expected, stable), Expected(weights_name, weights)]
+        check = self._graph_check("item tower", ITEM_TOWER, feeds, outputs)
         real = expected[: len(items)]
         cold = np.isin(self.sample.items, self.run.split.cold_items) & stable[: len(items)]
         stored = float(np.abs(self.bundle.item_vectors[self.sample.items[cold]] - real[cold]).max(initial=0.0))
         detail = (
-            f"{check.detail} on {int(stable.sum())} inputs ({len(items)} items + {len(items)} random); "
-            f"cold rows of item_vectors.npy {stored:.2e}{self._unstable_note(stable[: len(items)])}"
+            f"{check.detail}; item vectors on {int(stable.sum())} of {len(image)} inputs ({len(items)} items + "
+            f"{len(items)} random), view weights on all; cold rows of item_vectors.npy {stored:.2e}"
+            f"{self._unstable_note(stable[: len(items)])}"
         )
         return Check(check.name, check.passed and stored <= self.tolerance, detail)
 
-    def raw_content(self) -> Check:
-        """Images and text of the sample items through the bundle alone, as the service does."""
-        items = [item for item in self.sample.items if item in self.images]
+    @cached_property
+    def served(self) -> Served | None:
+        """The sample items that have a readable image, encoded from their images and text by
+        the bundle alone, as the service encodes an ingested item; None when there are none."""
+        items = [int(item) for item in self.sample.items if item in self.images]
         if not items:
-            return Check("raw content", True, "skipped: no sample item has a readable image")
+            return None
         manifest = self.bundle.manifest
         image = self._session(IMAGE_ENCODER).run(None, {"pixel_values": self._pixels(items)})[0]
         text = self._session(TEXT_ENCODER)
@@ -204,21 +242,65 @@ class Verifier:
                 per_view.append(pooled)
             views.append(per_view)
         text_views = np.asarray(views, dtype=np.float32)
-        vectors = self._session(ITEM_TOWER).run(None, {"image_features": image, "text_view_features": text_views})[0]
-        rows = torch.from_numpy(np.asarray(items))
+        vectors, weights = self._session(ITEM_TOWER).run(
+            list(TOWER_GRAPH.outputs), {"image_features": image, "text_view_features": text_views}
+        )
+        clip_image, clip_text = encode_clip(image, text_views, weights)
+        return Served(np.asarray(items), image, text_views, ItemEncoding(vectors, clip_image, clip_text, weights))
+
+    def raw_content(self) -> Check:
+        """Images and text of the sample items through the bundle alone, as the service does."""
+        served = self.served
+        if served is None:
+            return Check("raw content", True, "skipped: no sample item has a readable image")
+        rows = torch.from_numpy(served.items)
         offline_image, offline_views = self.run.content.image[rows], self.run.content.text_views[rows]
         with torch.no_grad():
             offline = self.run.model.content_item_vectors(offline_image, offline_views).numpy()
         stable = self._stable_rows(offline_image, offline_views)
         diffs = {
-            "image": np.abs(image - offline_image.numpy()).max(),
-            "text views": np.abs(text_views - offline_views.numpy()).max(),
-            "item vector": np.abs(vectors - offline)[stable].max(initial=0.0),
+            "image": np.abs(served.image - offline_image.numpy()).max(),
+            "text views": np.abs(served.text_views - offline_views.numpy()).max(),
+            "item vector": np.abs(served.encoding.vector - offline)[stable].max(initial=0.0),
         }
         passed = all(diff <= self.tolerance for diff in diffs.values())
         listed = ", ".join(f"{name} {diff:.2e}" for name, diff in diffs.items())
-        detail = f"{len(items)} items vs the run's features and vectors: {listed}{self._unstable_note(stable)}"
+        detail = f"{len(rows)} items vs the run's features and vectors: {listed}{self._unstable_note(stable)}"
         return Check("raw content", passed, detail)
+
+    def item_encodings(self) -> Check:
+        """The stored view weights and CLIP embeddings equal the service's from raw content."""
+        served = self.served
+        if served is None:
+            return Check("item encodings", True, "skipped: no sample item has a readable image")
+        bundle, rows = self.bundle, served.items
+        diffs = {
+            "view weights": np.abs(bundle.view_weights[rows] - served.encoding.view_weights).max(),
+            "CLIP image": np.abs(bundle.clip_image[rows] - served.encoding.clip_image).max(),
+            "CLIP text": np.abs(bundle.clip_text[rows] - served.encoding.clip_text).max(),
+        }
+        passed = all(diff <= self.tolerance for diff in diffs.values())
+        listed = ", ".join(f"{name} {diff:.2e}" for name, diff in diffs.items())
+        return Check("item encodings", passed, f"{len(rows)} items, stored vs the service's from raw content: {listed}")
+
+    def item_fields(self) -> Check:
+        """The stored text fields are the catalog's; a thumbnail of the image exactly where there
+        is a usable image (none at all in a bundle exported without thumbnails)."""
+        bundle, items = self.bundle, [int(item) for item in self.sample.items]
+        expected = item_fields([self.rows[item] for item in items], bundle.manifest.views)
+        wrong_fields = [bundle.item_ids[item] for item, fields in zip(items, expected, strict=True)
+                        if bundle.item_fields[item] != fields]
+        thumbnails = bundle.thumbnails
+        wrong_thumbnails = [] if thumbnails is None else [
+            bundle.item_ids[item] for item in items if not _thumbnail_fits(thumbnails.get(item), self.images.get(item))
+        ]
+        parts = [f"{len(items) - len(wrong_fields)} of {len(items)} items' fields are the catalog's"]
+        parts.append("no thumbnails (exported without)" if thumbnails is None else
+                     f"{len(items) - len(wrong_thumbnails)} thumbnails right "
+                     f"({sum(item in self.images for item in items)} items have a usable image)")
+        parts += [f"{what}: {ids[:5]}" for what, ids in (("wrong fields", wrong_fields),
+                                                         ("wrong thumbnails", wrong_thumbnails)) if ids]
+        return Check("item fields", not (wrong_fields or wrong_thumbnails), "; ".join(parts))
 
     def top_lists(self) -> Check:
         users = torch.from_numpy(self.sample.users)
@@ -264,43 +346,32 @@ class Verifier:
             self.sessions[graph] = cpu_session(self.bundle.path(graph))
         return self.sessions[graph]
 
-    def _graph_check(
-        self,
-        name: str,
-        graph: str,
-        feeds: dict[str, np.ndarray],
-        expected: np.ndarray,
-        rows: np.ndarray | None = None,
-    ) -> Check:
-        """ONNX vs torch on `feeds`, compared on `rows` (default: all); fp16 reported."""
-        rows = np.ones(len(expected), dtype=bool) if rows is None else rows
-        if not rows.any():
+    def _graph_check(self, name: str, graph: str, feeds: dict[str, np.ndarray], expected: list[Expected]) -> Check:
+        """ONNX vs torch on `feeds`, each output on its rows; the fp16 graph's gaps reported."""
+        if any(output.rows is not None and not output.rows.any() for output in expected):
             reason = "every input has near-tied kNN neighbours: the content features nearly coincide (untrained CLIP?)"
             return Check(name, False, reason)
-        expected = expected[rows]
-        diff = float(np.abs(self._session(graph).run(None, feeds)[0][rows] - expected).max())
-        detail = f"max |onnx - torch| {diff:.2e} (limit {self.tolerance:.0e})"
+        names = [output.output for output in expected]
+        diffs = _gaps(self._session(graph).run(names, feeds), expected)
+        listed = _listed(names, [f"{diff:.2e}" for diff in diffs])
+        detail = f"max |onnx - torch| {listed} (limit {self.tolerance:.0e})"
         half = fp16_variant(graph)
         if half in self.bundle.manifest.files:
-            half_out = self._session(half).run(None, feeds)[0][rows]
-            scale = float(np.abs(expected).max())
-            half_diff = float(np.abs(half_out - expected).max())
-            detail += f"; fp16 {half_diff:.2e} ({half_diff / scale:.1e} of max |x|)"
-            if not np.isfinite(half_out).all():
+            half_out = self._session(half).run(names, feeds)
+            scales = [float(np.abs(_rows(output.values, output)).max()) for output in expected]
+            gaps = [f"{gap:.2e} ({gap / scale:.1e} of max |x|)"
+                    for gap, scale in zip(_gaps(half_out, expected), scales, strict=True)]
+            detail += f"; fp16 {_listed(names, gaps)}"
+            if not all(np.isfinite(out).all() for out in half_out):
                 return Check(name, False, detail + ": the fp16 graph gives NaN or inf")
-        return Check(name, diff <= self.tolerance, detail)
+        return Check(name, all(diff <= self.tolerance for diff in diffs), detail)
 
     def _load_images(self) -> dict[int, Image.Image]:
         """The sample items' images by item row, loaded as the features stage loads them;
         items whose image is bad (a placeholder offline) are left out."""
         loader = ImageLoader()
-        images = {}
-        for item, row in self.rows.items():
-            bad = len(loader.bad_images)
-            image = loader.load(row["item_id"], self.catalog.image_file(row))
-            if len(loader.bad_images) == bad:
-                images[item] = image
-        return images
+        images = {item: usable_image(loader, self.catalog, row) for item, row in self.rows.items()}
+        return {item: image for item, image in images.items() if image is not None}
 
     def _pixels(self, items: list[int] | None = None) -> np.ndarray:
         """Preprocessed images of `items` (default: every readable one, else the placeholder)."""
@@ -346,6 +417,43 @@ def verify_bundle(
         return [files, Check("run", False, f"cannot load the run {run_dir}: {exc}")]
     verifier = Verifier(bundle, run, clip, _sample(run, items, users, seed), tolerance)
     return [files, *(check() for check in verifier.checks())]
+
+
+def _rows(values: np.ndarray, output: Expected) -> np.ndarray:
+    return values if output.rows is None else values[output.rows]
+
+
+def _gaps(outputs: list[np.ndarray], expected: list[Expected]) -> list[float]:
+    """Max |output - expected| of each output on its rows."""
+    return [float(np.abs(_rows(out, output) - _rows(output.values, output)).max())
+            for out, output in zip(outputs, expected, strict=True)]
+
+
+def _listed(names: list[str], values: list[str]) -> str:
+    """One value as is; several each after its output's name."""
+    if len(values) == 1:
+        return values[0]
+    return ", ".join(f"{name} {value}" for name, value in zip(names, values, strict=True))
+
+
+def _thumbnail_fits(jpeg: bytes | None, image: Image.Image | None) -> bool:
+    """Whether `jpeg` is the thumbnail of `image` (the same size and pixels as a fresh one, to an
+    encoder's rounding), or absent when there is no image."""
+    if image is None or jpeg is None:
+        return image is None and jpeg is None
+    try:
+        stored = _decoded(jpeg)
+    except (OSError, ValueError):
+        return False
+    fresh = _decoded(thumbnail_jpeg(image))
+    return stored.shape == fresh.shape and float(np.abs(stored - fresh).mean()) <= THUMBNAIL_PIXEL_TOLERANCE
+
+
+def _decoded(jpeg: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(jpeg)) as image:
+        if image.format != "JPEG":
+            raise ValueError(f"a {image.format} image, not a JPEG")
+        return np.asarray(image.convert("RGB"), dtype=np.float32)
 
 
 def _like(features: torch.Tensor, rows: int, generator: torch.Generator) -> torch.Tensor:

@@ -35,7 +35,7 @@ def test_first_run_runs_every_stage_and_leaves_a_verified_bundle(first_run) -> N
     assert read_bundle(out / "bundle").manifest.backbone == "freedom"
     assert (out / "clip" / "clip.json").is_file() and (out / "features" / "items.json").is_file()
     state = json.loads((out / STATE_FILE).read_text())
-    assert list(state) == STAGES and state["verify"]["detail"] == "(9 checks passed)"
+    assert list(state) == STAGES and state["verify"]["detail"] == "(11 checks passed)"
 
 
 def test_unchanged_inputs_reuse_every_stage(first_run, synth_world: Path) -> None:
