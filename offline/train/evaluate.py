@@ -30,6 +30,8 @@ from offline.models.base import Recommender, SplitLike
 KS = (5, 10, 20, 50)
 METRICS = ("recall", "ndcg", "precision", "map")
 VALID_METRIC = "recall@20"
+SCORE_BYTES = 256 * 2**20  # the most one evaluation batch's score matrix may take
+PAIR_KEY = 2**32  # a (user, item) pair's sort key: user * PAIR_KEY + item
 
 
 class UserItems:
@@ -40,6 +42,7 @@ class UserItems:
         self.n_users = n_users
         self.indptr = np.concatenate([[0], np.cumsum(np.bincount(pairs[:, 0], minlength=n_users))])
         self.indices = pairs[:, 1]
+        self.keys = pairs[:, 0] * PAIR_KEY + pairs[:, 1]  # sorted: the pairs are, by user then item
 
     @property
     def items(self) -> np.ndarray:
@@ -52,15 +55,26 @@ class UserItems:
     def counts(self, users: np.ndarray) -> np.ndarray:
         return self.indptr[users + 1] - self.indptr[users]
 
-    def mask(self, users: np.ndarray, n_items: int, device: torch.device | str = "cpu") -> Tensor:
-        """Boolean `(len(users), n_items)`: True where the user has the item."""
+    def coordinates(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`(rows, items)`: every item of `users[row]`, with the row (a position in `users`)."""
         counts = self.counts(users)
         rows = np.repeat(np.arange(len(users)), counts)
         offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        cols = self.indices[np.repeat(self.indptr[users], counts) + offsets]
-        mask = torch.zeros(len(users), n_items, dtype=torch.bool, device=device)
-        mask[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)] = True
-        return mask
+        return rows, self.indices[np.repeat(self.indptr[users], counts) + offsets]
+
+    def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Booleans shaped like `items (B, k)`: whether `users[b]` has `items[b, j]`."""
+        keys = users.reshape(-1, 1) * PAIR_KEY + items
+        if len(self.keys) == 0:
+            return np.zeros(keys.shape, dtype=bool)
+        found = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return self.keys[found] == keys
+
+
+def user_batch_size(n_items: int, batch_size: int, bytes_per_score: int = 4, score_bytes: int = SCORE_BYTES) -> int:
+    """Users per evaluation batch: at most `batch_size`, and few enough that their scores over
+    `n_items` fit in `score_bytes` (291 users over 230,330 items in 256 MiB of float32)."""
+    return max(1, min(batch_size, score_bytes // (bytes_per_score * max(n_items, 1))))
 
 
 def ranking_metrics(hits: np.ndarray, n_targets: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:
@@ -96,24 +110,37 @@ def evaluate_ranking(
     candidates: Tensor | None = None,
     ks: tuple[int, ...] = KS,
     batch_size: int = 4096,
+    score_bytes: int = SCORE_BYTES,
 ) -> dict[str, float]:
     """Rank items by `user . item` for every user with targets; `exclude` items and items
-    outside `candidates` (a boolean `(n_items,)` mask) are never recommended."""
+    outside `candidates` (a boolean `(n_items,)` mask) are never recommended.
+
+    Only the candidates are scored, for batches of users whose score matrix fits in
+    `score_bytes` (`user_batch_size`); excluded items are set to -inf at their coordinates and
+    hits looked up in the targets' sorted pairs, so no other users x items array is built and
+    memory stays bounded however many users and items there are.
+    """
     n_items = item_vectors.shape[0]
     device = item_vectors.device
+    ids = torch.arange(n_items, device=device) if candidates is None else torch.nonzero(candidates.to(device))[:, 0]
+    column = torch.full((n_items,), -1, dtype=torch.long, device=device)  # item -> its column among candidates
+    column[ids] = torch.arange(len(ids), device=device)
+    items = item_vectors if candidates is None else item_vectors[ids]
     users = targets.users()
     k_max = max(ks)
-    k_top = min(k_max, n_items)
+    k_top = min(k_max, len(ids))
+    step = user_batch_size(len(ids), batch_size, items.element_size(), score_bytes)
     batches = []
-    for start in range(0, len(users), batch_size):
-        batch = users[start : start + batch_size]
-        scores = user_vectors[torch.from_numpy(batch).to(device)] @ item_vectors.T
-        scores = scores.masked_fill(exclude.mask(batch, n_items, device), -torch.inf)
-        if candidates is not None:
-            scores = scores.masked_fill(~candidates, -torch.inf)
+    for start in range(0, len(users), step):
+        batch = users[start : start + step]
+        scores = user_vectors[torch.from_numpy(batch).to(device)] @ items.T
+        rows, seen = (torch.from_numpy(array).to(device) for array in exclude.coordinates(batch))
+        columns = column[seen]
+        kept = columns >= 0
+        scores[rows[kept], columns[kept]] = -torch.inf
         top = torch.topk(scores, k_top, dim=1)
-        hits = targets.mask(batch, n_items, device).gather(1, top.indices) & torch.isfinite(top.values)
-        batches.append(hits.cpu().numpy())
+        ranked = ids[top.indices].cpu().numpy()
+        batches.append(targets.contains(batch, ranked) & torch.isfinite(top.values).cpu().numpy())
     hits = np.concatenate(batches) if batches else np.zeros((0, k_top), dtype=bool)
     hits = np.pad(hits, ((0, 0), (0, k_max - k_top)))
     return ranking_metrics(hits, targets.counts(users), ks)

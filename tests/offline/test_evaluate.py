@@ -1,13 +1,22 @@
 """Full-ranking metrics checked by hand, masking rules, the cold protocol, popularity."""
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from offline.train.evaluate import Evaluator, UserItems, evaluate_ranking, popularity_vectors, ranking_metrics
+from offline.train.evaluate import (
+    SCORE_BYTES,
+    Evaluator,
+    UserItems,
+    evaluate_ranking,
+    popularity_vectors,
+    ranking_metrics,
+    user_batch_size,
+)
 
 
 def test_metrics_match_hand_computed_values() -> None:
@@ -42,16 +51,19 @@ def test_ideal_dcg_uses_min_of_targets_and_k() -> None:
     assert metrics["map@2"] == pytest.approx(1.0)
 
 
-def test_user_items_mask() -> None:
+def test_user_items_coordinates_and_membership() -> None:
     sets = UserItems(np.array([[2, 4], [0, 1], [2, 0], [0, 1]]), n_users=3)
     assert sets.users().tolist() == [0, 2]
     assert sets.counts(np.array([0, 1, 2])).tolist() == [1, 0, 2]
-    mask = sets.mask(np.array([2, 1, 0]), n_items=5)
-    assert mask.tolist() == [
-        [True, False, False, False, True],
-        [False] * 5,
-        [False, True, False, False, False],
+    rows, items = sets.coordinates(np.array([2, 1, 0]))
+    assert sorted(zip(rows.tolist(), items.tolist())) == [(0, 0), (0, 4), (2, 1)]
+    asked = np.array([[4, 1, 0], [0, 1, 2], [1, 4, 3]])
+    assert sets.contains(np.array([2, 1, 0]), asked).tolist() == [
+        [True, False, True],
+        [False, False, False],
+        [True, False, False],
     ]
+    assert not UserItems(np.zeros((0, 2), dtype=np.int64), 2).contains(np.array([0]), np.array([[0]])).any()
 
 
 def one_user_split() -> SimpleNamespace:
@@ -167,3 +179,85 @@ def test_popularity_baseline() -> None:
     )
     pop = popularity_vectors(2, 4, split.train)
     assert Evaluator(split, ks=(1,)).evaluate_valid(pop)["recall@1"] == 1.0  # item 1 is the most popular unseen
+
+
+def random_ranking_case(n_users: int = 300, n_items: int = 400, seed: int = 0) -> dict:
+    """Random vectors, and per user random training items (excluded) and distinct targets."""
+    rng = np.random.default_rng(seed)
+    excluded, wanted = [], []
+    for user in range(n_users):
+        items = rng.choice(n_items, 12, replace=False)
+        excluded += [(user, item) for item in items[: rng.integers(0, 8)]]
+        wanted += [(user, item) for item in items[8 : 8 + rng.integers(0, 4)]]  # some users have none
+    return {
+        "user_vectors": torch.from_numpy(rng.standard_normal((n_users, 8)).astype(np.float32)),
+        "item_vectors": torch.from_numpy(rng.standard_normal((n_items, 8)).astype(np.float32)),
+        "targets": UserItems(np.array(wanted), n_users),
+        "exclude": UserItems(np.array(excluded), n_users),
+        "candidates": torch.from_numpy(rng.random(n_items) < 0.7),
+    }
+
+
+def brute_force_recall_precision(case: dict, k: int) -> tuple[float, float]:
+    """Recall@k and precision@k from the whole score matrix, ranked by numpy."""
+    scores = (case["user_vectors"] @ case["item_vectors"].T).numpy().astype(np.float64)
+    scores[:, ~case["candidates"].numpy()] = -np.inf
+    for user, item in zip(*np.divmod(case["exclude"].keys, 2**32)):
+        scores[user, item] = -np.inf
+    recalls, precisions = [], []
+    for user in case["targets"].users():
+        wanted = set(case["targets"].indices[case["targets"].indptr[user] : case["targets"].indptr[user + 1]])
+        top = [item for item in np.argsort(-scores[user], kind="stable")[:k] if np.isfinite(scores[user, item])]
+        hits = len(wanted.intersection(top))
+        recalls.append(hits / len(wanted))
+        precisions.append(hits / k)
+    return float(np.mean(recalls)), float(np.mean(precisions))
+
+
+def test_small_batches_give_exactly_the_metrics_of_one_batch() -> None:
+    case = random_ranking_case()
+    whole = evaluate_ranking(**case, batch_size=100_000)
+    assert whole == evaluate_ranking(**case, batch_size=7)
+    assert whole == evaluate_ranking(**case, batch_size=100_000, score_bytes=1)  # one user per batch
+    for k in (5, 50):
+        recall, precision = brute_force_recall_precision(case, k)
+        assert whole[f"recall@{k}"] == pytest.approx(recall) and whole[f"precision@{k}"] == pytest.approx(precision)
+    all_items = dict(case, candidates=None)
+    assert evaluate_ranking(**all_items, batch_size=100_000) == evaluate_ranking(**all_items, batch_size=3)
+
+
+def test_batches_fit_the_score_budget_at_ten_times_amazon_clothing() -> None:
+    users = user_batch_size(230_330, 4096)
+    assert 1 <= users and users * 230_330 * 4 <= SCORE_BYTES <= 300 * 2**20
+    assert user_batch_size(100, 4096) == 4096  # a small catalog keeps the configured batch
+    assert user_batch_size(10**9, 4096) == 1
+
+
+def peak_rss_reset() -> bool:
+    """Reset this process's peak RSS (Linux: /proc/self/clear_refs); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_bytes() -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
+    return int(line.split()[1]) * 1024
+
+
+def test_evaluation_memory_does_not_grow_with_users_times_items() -> None:
+    # 2,000 users x 50,000 items: one batch of float32 scores would be 400 MB
+    rng = np.random.default_rng(1)
+    n_users, n_items = 2_000, 50_000
+    user_vectors = torch.from_numpy(rng.standard_normal((n_users, 16)).astype(np.float32))
+    item_vectors = torch.from_numpy(rng.standard_normal((n_items, 16)).astype(np.float32))
+    targets = UserItems(np.column_stack([np.arange(n_users), rng.integers(0, n_items, n_users)]), n_users)
+    exclude = UserItems(np.column_stack([np.arange(n_users), rng.integers(0, n_items, n_users)]), n_users)
+    evaluate_ranking(user_vectors, item_vectors, targets, exclude, score_bytes=16 * 2**20)  # torch's one-off setup
+    if not peak_rss_reset():
+        pytest.skip("cannot reset the peak RSS here")
+    before = peak_rss_bytes()
+    evaluate_ranking(user_vectors, item_vectors, targets, exclude, score_bytes=16 * 2**20)
+    assert peak_rss_bytes() - before < 64 * 2**20
