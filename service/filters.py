@@ -89,11 +89,11 @@ class _Postings:
             for key in row_keys:
                 rows.append(row)
                 row_codes.append(codes.setdefault(key, len(codes)))
-        order = np.argsort(np.array(row_codes, dtype=np.int64), kind="stable")
+        by_code = np.array(row_codes, dtype=np.int64)
         self._codes = codes
-        self._grouped = np.array(rows, dtype=np.int64)[order]
+        self._grouped = np.array(rows, dtype=np.int64)[np.argsort(by_code, kind="stable")]
         self._starts = np.zeros(len(codes) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(np.array(row_codes, dtype=np.int64), minlength=len(codes)), out=self._starts[1:])
+        np.cumsum(np.bincount(by_code, minlength=len(codes)), out=self._starts[1:])
         self._later: dict[str, list[int]] = {}
 
     def add(self, row: int, keys: Iterable[str]) -> None:
