@@ -116,21 +116,22 @@ def test_masks_equal_a_brute_force_evaluation_while_rows_are_added() -> None:
 
 
 def test_postings_of_100000_rows_take_well_under_a_second() -> None:
+    """CPU time, so that other work on the machine does not count."""
     rng = np.random.default_rng(0)
     rows = [item(f"product {i}", f"brand {i % 5000}", "|".join(f"cat {c}" for c in rng.integers(0, 300, 3)))
             for i in range(100_000)]
     fields = ItemFields(VIEWS, rows)
     for field, value, expected in [("brand", "Brand 42", 20), ("title", "product 99999", 1), ("categories", "cat 7", None)]:
-        started = time.perf_counter()
+        started = time.process_time()
         hits = rows_of(fields, (field, value))
-        assert time.perf_counter() - started < 1.0, field
+        assert time.process_time() - started < 1.0, field
         if expected is not None:
             assert len(hits) == expected
         else:
             assert hits == [row for row, values in enumerate(rows) if "cat 7" in values["categories"].split("|")]
-    started = time.perf_counter()
+    started = time.process_time()
     rows_of(fields, ("brand", "brand 1"), ("categories", "cat 1"))  # built: a lookup
-    assert time.perf_counter() - started < 0.05
+    assert time.process_time() - started < 0.05
 
 
 def test_ingested_fields_survive_a_snapshot() -> None:
