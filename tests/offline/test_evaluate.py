@@ -1,7 +1,6 @@
 """Full-ranking metrics checked by hand, masking rules, the cold protocol, popularity."""
 
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,6 +16,7 @@ from offline.train.evaluate import (
     ranking_metrics,
     user_batch_size,
 )
+from offline.train.rss import peak_rss_bytes, reset_peak_rss
 
 
 def test_metrics_match_hand_computed_values() -> None:
@@ -233,20 +233,6 @@ def test_batches_fit_the_score_budget_at_ten_times_amazon_clothing() -> None:
     assert user_batch_size(10**9, 4096) == 1
 
 
-def peak_rss_reset() -> bool:
-    """Reset this process's peak RSS (Linux: /proc/self/clear_refs); False where it cannot."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss_bytes() -> int:
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
-    return int(line.split()[1]) * 1024
-
-
 def test_evaluation_memory_does_not_grow_with_users_times_items() -> None:
     # 2,000 users x 50,000 items: one batch of float32 scores would be 400 MB
     rng = np.random.default_rng(1)
@@ -256,7 +242,7 @@ def test_evaluation_memory_does_not_grow_with_users_times_items() -> None:
     targets = UserItems(np.column_stack([np.arange(n_users), rng.integers(0, n_items, n_users)]), n_users)
     exclude = UserItems(np.column_stack([np.arange(n_users), rng.integers(0, n_items, n_users)]), n_users)
     evaluate_ranking(user_vectors, item_vectors, targets, exclude, score_bytes=16 * 2**20)  # torch's one-off setup
-    if not peak_rss_reset():
+    if not reset_peak_rss():
         pytest.skip("cannot reset the peak RSS here")
     before = peak_rss_bytes()
     evaluate_ranking(user_vectors, item_vectors, targets, exclude, score_bytes=16 * 2**20)
