@@ -146,29 +146,40 @@ def load_checkpoint(
     return model, {"spec": spec, "epoch": state["epoch"], "valid": state["valid"]}
 
 
-def _epoch_loss(
-    model: Recommender,
-    optimizer: torch.optim.Optimizer,
-    pairs: np.ndarray,
-    sampler: NegativeSampler,
-    batch_size: int,
-    device: torch.device,
-) -> float:
+def adam(model: Recommender) -> torch.optim.Optimizer:
+    """Adam over every parameter, with the model's learning rate and weight decay."""
+    return torch.optim.Adam(model.parameters(), lr=model.hparams.learning_rate, weight_decay=model.hparams.weight_decay)
+
+
+def epoch_batches(model: Recommender, pairs: np.ndarray, sampler: NegativeSampler, device: torch.device) -> torch.Tensor:
+    """An epoch's `(3, n)` rows of (user, positive, sampled negative) in a fresh random order,
+    after the model's `pre_epoch` hook."""
     model.train()
     model.pre_epoch()
     order = sampler.rng.permutation(len(pairs))
     users, positives = pairs[order, 0], pairs[order, 1]
-    negatives = sampler.sample(users)
-    batch = torch.from_numpy(np.stack([users, positives, negatives])).to(device)
+    return torch.from_numpy(np.stack([users, positives, sampler.sample(users)])).to(device)
+
+
+def train_batches(
+    model: Recommender,
+    optimizer: torch.optim.Optimizer,
+    batches: torch.Tensor,
+    batch_size: int,
+    max_batches: int | None = None,
+) -> float:
+    """One optimizer step per `batch_size` columns of `batches` (the first `max_batches` only,
+    when given: a benchmark times part of an epoch); the mean loss over the rows trained on."""
+    n_rows = batches.shape[1] if max_batches is None else min(batches.shape[1], max_batches * batch_size)
     total = 0.0
-    for start in range(0, len(order), batch_size):
-        u, p, n = batch[:, start : start + batch_size]
+    for start in range(0, n_rows, batch_size):
+        u, p, n = batches[:, start : start + batch_size]
         loss = model.calculate_loss(u, p, n)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         total += loss.item() * len(u)
-    return total / len(order)
+    return total / n_rows
 
 
 def fit(
@@ -189,8 +200,7 @@ def fit(
     epochs, the count validation chose, and keeps the last weights.
     """
     device = next(model.parameters()).device
-    hp = model.hparams
-    optimizer = torch.optim.Adam(model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
+    optimizer = adam(model)
     sampler = NegativeSampler(graph, np.random.default_rng(seed))
     result = FitResult(best_epoch=0, best_valid={})
     best_state: dict[str, torch.Tensor] = {}
@@ -198,7 +208,7 @@ def fit(
     bar = tqdm(range(1, config.epochs + 1), desc=description, disable=not progress, leave=False)
     for epoch in bar:
         started = time.perf_counter()
-        loss = _epoch_loss(model, optimizer, graph.edges, sampler, config.batch_size, device)
+        loss = train_batches(model, optimizer, epoch_batches(model, graph.edges, sampler, device), config.batch_size)
         if not np.isfinite(loss):
             raise FloatingPointError(f"{description}: the loss became {loss} at epoch {epoch}; lower the learning rate")
         if evaluator is None:
