@@ -1,0 +1,219 @@
+"""Training cost at Amazon scale (issue 17): seconds per epoch, peak memory and evaluation time
+of FREEDOM, VBPR and LightGCN on the scale generator's Amazon-Clothing shape (1x: 39,387 users,
+23,033 items, 278,677 interactions) and 10x.
+
+For each factor the scale world (`offline/data/scale.py`) is written once into WORK/x<factor>
+(kept and reused while its settings match). Each (model, factor) then runs in a fresh process:
+
+  1. load the catalog and features and split them as `python -m offline train` does by default
+     (MMRec's random split: 5-core, 20% cold items, 80/10/10 per user);
+  2. build the model (`build s`, `build peak`: FREEDOM builds its content kNN graphs here);
+  3. `--epochs` epochs as `fit` runs them (`epoch_batches`, `train_batches`), each followed by
+     the validation `fit` runs (`Evaluator.evaluate_valid` of `warm_vectors`): full ranking of
+     the warm items for every user with a validation item, in bounded batches.
+
+Peak RSS is the process's VmHWM, reset after loading (`loaded GB`: the split and features stay
+resident and count) and again after building. Both loops are linear in what they go through, so
+long ones are timed on a part and scaled (marked `*`): an epoch of more than `--max-batches`
+batches is its setup (pruning, negative sampling) plus its first `--max-batches` batches' time
+scaled to all of them; the validation, the vectors' time plus the ranking of its first
+`--max-eval-users` users scaled to all of them. Above `--max-knn-items` warm items FREEDOM's
+content kNN table (exact and O(items^2) until it is built with FAISS) is replaced by random
+neighbours, `knn_k` per item as the real table has: an epoch costs the same, but the build is
+then not measured (marked `†`). Not measured: the cold map's calibration after training
+(`ContentRecommender.calibrate`), which builds users x warm-items matrices.
+
+    .venv/bin/python scripts/bench_scale.py [--factors 1 --factors 10] [--models freedom ...]
+        [--epochs 2] [--max-batches 100] [--max-eval-users 50000] [--threads 1] [--work build/scale]
+        [--scale-config SMALL.yaml] [--json FILE]
+"""
+
+import gc
+import json
+import math
+import multiprocessing
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from offline.config import load_config  # noqa: E402
+from offline.data.scale import FEATURES_DIR, ScaleConfig, generate_scale  # noqa: E402
+from offline.models.features import ITEMS_FILE  # noqa: E402
+
+DEFAULT_MODELS = ["freedom", "vbpr", "lightgcn"]
+GB = 2**30
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def scale_world(work: Path, factor: int, config: Path | None) -> Path:
+    """WORK/x<factor>, written unless a world of the same settings is there."""
+    cfg = load_config(ScaleConfig, config, factor=factor)
+    folder = work / f"x{factor}"
+    meta = folder / FEATURES_DIR / ITEMS_FILE
+    if meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("config") == cfg.model_dump():
+        return folder
+    print(f"writing the {factor}x world into {folder} ...", flush=True)
+    print(generate_scale(folder, cfg), flush=True)
+    return folder
+
+
+def random_knn_table(features: "torch.Tensor", key_rows: "torch.Tensor", k: int) -> "torch.Tensor":  # noqa: F821
+    """A timing stand-in for `knn_table`: `k` random key rows per item (same shape and dtype)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    return key_rows[torch.randint(len(key_rows), (features.shape[0], k), generator=generator)]
+
+
+def measure(
+    folder: Path, name: str, epochs: int, max_batches: int, max_eval_users: int, threads: int, max_knn_items: int
+) -> dict[str, Any]:
+    """Build, train and validate one backbone on one world (run in a fresh process)."""
+    import torch
+
+    import offline.models.freedom as freedom
+    from offline.data.catalog import load_catalog
+    from offline.data.split import split_catalog
+    from offline.models import InteractionGraph, build_model
+    from offline.train.evaluate import Evaluator, UserItems, evaluate_ranking, warm_vectors
+    from offline.train.rss import peak_rss_bytes, reset_peak_rss
+    from offline.train.run import RunConfig, load_content
+    from offline.train.trainer import NegativeSampler, adam, epoch_batches, seed_everything, select_device, train_batches
+
+    cfg = RunConfig(data=folder, features=folder / FEATURES_DIR, model=name, threads=threads)
+    spec = cfg.model_spec()
+    seed_everything(cfg.seed)
+    device = select_device("cpu", threads)
+    split = split_catalog(load_catalog(folder), cfg.split)
+    content = load_content(cfg.features, split) if spec.model_class().multimodal else None
+    graph = InteractionGraph.from_split(split)
+    evaluator = Evaluator(split, batch_size=cfg.eval_batch_size)
+    valid_users = evaluator.valid.users()
+    timed_users = valid_users[:max_eval_users]  # the validation of `evaluate_valid`, for these users
+    timed = UserItems(split.valid[np.isin(split.valid[:, 0], timed_users)], split.n_users)
+    warm = torch.from_numpy(~evaluator.cold)
+    knn_stand_in = name == "freedom" and split.n_warm_items > max_knn_items
+    if knn_stand_in:
+        freedom.knn_table = random_knn_table
+    gc.collect()
+    reset_peak_rss()
+    loaded = peak_rss_bytes()
+    started = time.perf_counter()
+    model = build_model(spec, graph, content).to(device)
+    build_seconds = time.perf_counter() - started
+    build_peak = peak_rss_bytes()
+    optimizer = adam(model)
+    sampler = NegativeSampler(graph, np.random.default_rng(cfg.seed))
+    n_batches = math.ceil(len(graph.edges) / cfg.batch_size)
+    measured = min(n_batches, max_batches)
+    epoch_seconds, eval_seconds, recalls = [], [], []
+    reset_peak_rss()
+    for _ in range(epochs):
+        started = time.perf_counter()
+        batches = epoch_batches(model, graph.edges, sampler, device)
+        setup = time.perf_counter() - started
+        started = time.perf_counter()
+        train_batches(model, optimizer, batches, cfg.batch_size, measured)
+        epoch_seconds.append(setup + (time.perf_counter() - started) * n_batches / measured)
+        started = time.perf_counter()
+        vectors = warm_vectors(model)
+        setup = time.perf_counter() - started
+        started = time.perf_counter()
+        valid = evaluate_ranking(*vectors, timed, evaluator.train, warm, batch_size=cfg.eval_batch_size)
+        eval_seconds.append(setup + (time.perf_counter() - started) * len(valid_users) / len(timed_users))
+        recalls.append(valid["recall@20"])
+    return {
+        "model": name,
+        "users": split.n_users,
+        "items": split.n_items,
+        "interactions": sum(len(part) for part in (split.train, split.valid, split.test, split.cold_test)),
+        "train_pairs": len(graph.edges),
+        "valid_users": len(valid_users),
+        "valid_users_timed": len(timed_users),
+        "batches": n_batches,
+        "batches_measured": measured,
+        "knn_stand_in": knn_stand_in,
+        "loaded_gb": loaded / GB,
+        "build_seconds": build_seconds,
+        "build_peak_gb": build_peak / GB,
+        "epoch_seconds": statistics.mean(epoch_seconds),
+        "eval_seconds": statistics.mean(eval_seconds),
+        "peak_gb": peak_rss_bytes() / GB,
+        "valid_recall_at_20": recalls[-1],
+    }
+
+
+def isolated(*args: Any) -> dict[str, Any]:
+    """`measure` in a fresh process, so each row's peak memory is its own."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(measure, args)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | scale | users | items | interactions | train pairs | s / epoch | eval s | peak RSS GB "
+        "| loaded GB | build s | build peak GB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        partial = "*" if row["batches_measured"] < row["batches"] else ""
+        partial_eval = "*" if row["valid_users_timed"] < row["valid_users"] else ""
+        stand_in = "†" if row["knn_stand_in"] else ""
+        lines.append(
+            f"| {row['model']} | {row['factor']}x | {row['users']:,} | {row['items']:,} | {row['interactions']:,} "
+            f"| {row['train_pairs']:,} | {row['epoch_seconds']:.1f}{partial} | {row['eval_seconds']:.1f}{partial_eval} "
+            f"| {row['peak_gb']:.2f} | {row['loaded_gb']:.2f} | {row['build_seconds']:.1f}{stand_in} "
+            f"| {row['build_peak_gb']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+@app.command()
+def main(
+    factors: Annotated[list[int], typer.Option("--factors", help="scales to run")] = [1, 10],  # noqa: B006
+    models: Annotated[list[str], typer.Option("--models", help="backbones")] = DEFAULT_MODELS,  # noqa: B006
+    epochs: Annotated[int, typer.Option(min=1)] = 2,
+    max_batches: Annotated[int, typer.Option(min=1, help="time at most this many batches of an epoch")] = 100,
+    max_eval_users: Annotated[
+        int, typer.Option(min=1, help="time the validation of at most this many users")
+    ] = 50_000,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads (the trainer's default is 1)")] = 1,
+    max_knn_items: Annotated[
+        int, typer.Option(help="above this many warm items FREEDOM's kNN table is a random stand-in")
+    ] = 100_000,
+    work: Annotated[Path, typer.Option(help="where the scale worlds are written")] = ROOT / "build" / "scale",
+    scale_config: Annotated[
+        Path | None, typer.Option(help="YAML of ScaleConfig fields, e.g. smaller counts for a dry run")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the rows as JSON")] = None,
+) -> None:
+    from offline.train.bench import machine
+
+    rows = []
+    for factor in factors:
+        folder = scale_world(work, factor, scale_config)
+        for name in models:
+            print(f"{name} at {factor}x ...", flush=True)
+            row = {"factor": factor, **isolated(folder, name, epochs, max_batches, max_eval_users, threads, max_knn_items)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    cpu = machine()
+    print(f"\n{cpu['cpu']} ({cpu['usable_cores']} cores), {threads} torch thread(s), {epochs} epochs, batch 2048")
+    print(table(rows))
+    print(
+        "* timed on the first batches of each epoch (or users of the validation) and scaled to all of them; "
+        "† FREEDOM's kNN table a random stand-in"
+    )
+    if json_out is not None:
+        json_out.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    app()
