@@ -117,11 +117,7 @@ class ItemFields:
         fields of the rows ingested after them (`ingested_state`; rows n, n+1, ... without gaps)."""
         self._lock = threading.Lock()
         self._columns: dict[str, list[str]] = {column: [] for column in views.columns}
-        self._split: dict[str, str] = {}
-        for view in views.views:
-            for column in view.columns:
-                if view.split and column not in self._split:
-                    self._split[column] = view.split
+        self._split = views.list_separators
         self._postings: dict[str, _Postings] = {}
         self._n_rows = 0
         for fields in rows:
@@ -144,14 +140,17 @@ class ItemFields:
                 postings.add(row, self._keys(field, self._columns[field][row]))
 
     def get(self, row: int) -> dict[str, str]:
+        """The row's fields that have a value."""
         with self._lock:
-            return {field: values[row] for field, values in self._columns.items()}
+            return self._fields(row)
 
     def ingested_state(self) -> dict[int, dict[str, str]]:
         """The fields of the rows added after the bundle's, for a snapshot (`ingested=` restores them)."""
         with self._lock:
-            return {row: {field: values[row] for field, values in self._columns.items()}
-                    for row in range(self.bundle_rows, self.n_rows)}
+            return {row: self._fields(row) for row in range(self.bundle_rows, self.n_rows)}
+
+    def _fields(self, row: int) -> dict[str, str]:
+        return {field: values[row] for field, values in self._columns.items() if values[row]}
 
     def matching(self, filters: Sequence[FieldFilter]) -> np.ndarray | None:
         """A boolean mask over all rows of those that match every filter; None for no filters."""
