@@ -5,7 +5,8 @@ encoders, `offline/export/synthetic_bundle.py`; built once, shared with scripts/
 Its items' fields make filters of known selectivity (`selectivity_fields`): `categories:all`
 (100%), `categories:decile-3` (10%), `categories:percentile-42` (1%), `brand:brand-7` (0.1%).
 One `python -m service` worker, one client sending requests one after another (keep-alive), so
-each number is the latency of one request on an idle service. Every filtered answer is checked:
+each number is the latency of one request on an otherwise idle service; the cells take turns
+request by request, so other load on the machine hits them alike. Every filtered answer is checked:
 exactly k items, every one passing the filter; recall@k against the exact ranking among the
 passing items (brute force over the bundle's vectors) is printed beside the latency.
 
@@ -47,16 +48,24 @@ def share_passing(spec: str | None, n_items: int) -> np.ndarray:
     return rows % modulus == number
 
 
-def timed_requests(client: httpx.Client, requests: list[tuple[str, str, dict]]) -> tuple[list[float], list[dict]]:
-    latencies, bodies = [], []
-    for method, path, options in requests:
-        start = time.perf_counter()
-        response = client.request(method, path, **options)
-        latencies.append(time.perf_counter() - start)
-        if response.status_code != 200:
-            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:300]}")
-        bodies.append(response.json())
-    return latencies[len(latencies) // 10 :], bodies  # the first tenth warms up
+def interleaved(client: httpx.Client, cells: dict[tuple[str, str], list[tuple[str, str, dict]]]
+                ) -> dict[tuple[str, str], tuple[list[float], list[dict]]]:
+    """Every cell's requests, one after another, the cells taking turns request by request, so
+    that load from other jobs on the machine hits every cell alike. Per cell: latencies (the
+    first tenth, a warm-up, left out) and answers."""
+    results: dict[tuple[str, str], tuple[list[float], list[dict]]] = {cell: ([], []) for cell in cells}
+    for turn in range(max(len(requests) for requests in cells.values())):
+        for cell, requests in cells.items():
+            if turn >= len(requests):
+                continue
+            method, path, options = requests[turn]
+            start = time.perf_counter()
+            response = client.request(method, path, **options)
+            results[cell][0].append(time.perf_counter() - start)
+            if response.status_code != 200:
+                raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:300]}")
+            results[cell][1].append(response.json())
+    return {cell: (latencies[len(latencies) // 10 :], bodies) for cell, (latencies, bodies) in results.items()}
 
 
 def recall(found: list[list[str]], truth: list[list[str]]) -> float:
@@ -100,44 +109,43 @@ def main(
     rng = np.random.default_rng(0)
     user_rows = rng.choice(len(bundle.user_ids), requests, replace=False)
     item_rows = rng.choice(len(bundle.item_ids), requests, replace=False)
-    rows: list[dict[str, Any]] = []
+    image = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(image, format="JPEG")
+    picture = base64.b64encode(image.getvalue()).decode()
+    text = "a sturdy ceramic espresso cup"
+    searches = {
+        "search: text": {"text": text, "k": k},
+        "search: text, 1% filter": {"text": text, "k": k, "filters": [FILTERS["1%"]]},
+        "search: image": {"image_base64": picture, "k": k},
+        "search: text + image": {"text": text, "image_base64": picture, "k": k},
+        "search: text + user blend": {"text": text, "k": k, "user_id": "user-7"},
+    }
+    cells: dict[tuple[str, str], list[tuple[str, str, dict]]] = {}
+    for share, spec in FILTERS.items():
+        params = {"k": k, **({"filter": spec} if spec else {})}
+        cells["recommendations", share] = [
+            ("GET", f"/users/{bundle.user_ids[u]}/recommendations", {"params": params}) for u in user_rows]
+        cells["similar items", share] = [
+            ("GET", f"/items/{bundle.item_ids[i]}/similar", {"params": params}) for i in item_rows]
+    for name, body in searches.items():
+        cells[name, ""] = [("POST", "/search", {"json": body})] * max(20, requests // 4)
     with serve(bundle_dir, out_dir, port, "--workers", "1") as base, httpx.Client(base_url=base, timeout=60) as client:
-        for share, spec in FILTERS.items():
-            passing = share_passing(spec, len(bundle.item_ids))
-            params = {"k": k, **({"filter": spec} if spec else {})}
-            recs = [("GET", f"/users/{bundle.user_ids[u]}/recommendations", {"params": params}) for u in user_rows]
-            latency, bodies = timed_requests(client, recs)
+        results = interleaved(client, cells)
+    rows: list[dict[str, Any]] = []
+    for (endpoint, share), (latency, bodies) in results.items():
+        row = {"endpoint": endpoint, "filter": share, **percentiles(latency)}
+        if share:
             found = [[hit["item_id"] for hit in body["items"]] for body in bodies]
-            check_answers(found, passing, bundle.item_ids, k, "recommendations", share)
-            seen = [set(bundle.seen.items_of(u).tolist()) for u in user_rows]
-            truth = exact_top(bundle.item_vectors, bundle.user_vectors[user_rows], passing, seen, k, bundle.item_ids)
-            rows.append({"endpoint": "recommendations", "filter": share, **percentiles(latency),
-                         f"recall@{k}": recall(found, truth)})
-            similar = [("GET", f"/items/{bundle.item_ids[i]}/similar", {"params": params}) for i in item_rows]
-            latency, bodies = timed_requests(client, similar)
-            found = [[hit["item_id"] for hit in body["items"]] for body in bodies]
-            check_answers(found, passing, bundle.item_ids, k, "similar", share)
-            truth = exact_top(bundle.item_vectors, bundle.item_vectors[item_rows], passing,
-                              [{i} for i in item_rows], k, bundle.item_ids)
-            rows.append({"endpoint": "similar items", "filter": share, **percentiles(latency),
-                         f"recall@{k}": recall(found, truth)})
-            print(f"  {share}: recommendations p50 {rows[-2]['p50_ms']:.2f} ms, similar p50 "
-                  f"{rows[-1]['p50_ms']:.2f} ms", flush=True)
-        image = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(image, format="JPEG")
-        picture = base64.b64encode(image.getvalue()).decode()
-        searches = {
-            "search: text": {"text": "a sturdy ceramic espresso cup", "k": k},
-            "search: text, 1% filter": {"text": "a sturdy ceramic espresso cup", "k": k,
-                                        "filters": [FILTERS["1%"]]},
-            "search: image": {"image_base64": picture, "k": k},
-            "search: text + image": {"text": "a sturdy ceramic espresso cup", "image_base64": picture, "k": k},
-            "search: text + user blend": {"text": "a sturdy ceramic espresso cup", "k": k, "user_id": "user-7"},
-        }
-        for name, body in searches.items():
-            latency, _ = timed_requests(client, [("POST", "/search", {"json": body})] * max(20, requests // 4))
-            rows.append({"endpoint": name, "filter": "", **percentiles(latency)})
-            print(f"  {name}: p50 {rows[-1]['p50_ms']:.2f} ms", flush=True)
+            passing = share_passing(FILTERS[share], len(bundle.item_ids))
+            check_answers(found, passing, bundle.item_ids, k, endpoint, share)
+            if endpoint == "recommendations":
+                excluded = [set(bundle.seen.items_of(u).tolist()) for u in user_rows]
+                queries = bundle.user_vectors[user_rows]
+            else:
+                excluded, queries = [{i} for i in item_rows], bundle.item_vectors[item_rows]
+            truth = exact_top(bundle.item_vectors, queries, passing, excluded, k, bundle.item_ids)
+            row[f"recall@{k}"] = recall(found, truth)
+        rows.append(row)
     print_table(rows, info, bundle, k, requests)
     if json_out is not None:
         json_out.write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
@@ -158,8 +166,8 @@ def print_table(rows: list[dict], info: dict, bundle: Any, k: int, requests: int
           f"{manifest.index.search_params}, CLIP index {manifest.clip_index.factory}, k={k}\n")
     for key, value in info.items():
         print(f"- {key}: {value}")
-    print(f"- one worker, one client, {requests} requests per cell (searches: {max(20, requests // 4)}), "
-          "the first tenth discarded as warm-up\n")
+    print(f"- one worker, one client, {requests} requests per cell (searches: {max(20, requests // 4)}), the "
+          "cells taking turns request by request, the first tenth of each discarded as warm-up\n")
     print(f"| endpoint | filter passes | p50 ms | p95 ms | p99 ms | recall@{k} vs exact |")
     print("|---|---|---|---|---|---|")
     for row in rows:
