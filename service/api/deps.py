@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 
 from service.errors import Unauthorized
+from service.popularity import MAX_K
 from service.selection import Selection
 from service.state import Services
 
@@ -53,3 +54,4 @@ async def get_selection(
 
 
 SelectionDep = Annotated[Selection, Depends(get_selection)]
+HowMany = Annotated[int, Query(ge=1, le=MAX_K, description="how many items")]

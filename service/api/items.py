@@ -16,14 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from service.api.deps import ApiKey, SelectionDep, ServicesDep
+from service.api.deps import ApiKey, HowMany, SelectionDep, ServicesDep
 from service.api.idempotency import IdempotencyKey, as_response, idempotent, replay
 from service.api.multipart import parse_multipart
 from service.api.responses import errors
 from service.api.schemas import Id, ItemCreated, ItemDeleted, ItemFields, ItemIn, ItemOut, ScoredItem, SimilarItems
 from service.errors import BadInput, UnsupportedMediaType
 from service.fetch import fetch_image
-from service.popularity import MAX_K
 from service.recommend import view_explanation
 from service.state import Services
 
@@ -94,7 +93,7 @@ async def similar_items(
     item_id: Annotated[Id, Path()],
     services: ServicesDep,
     selection: SelectionDep,
-    k: Annotated[int, Query(ge=1, le=MAX_K, description="how many items")] = 20,
+    k: HowMany = 20,
     explain: Annotated[bool, Query(description="add each item's view weights and their summary")] = False,
 ) -> SimilarItems:
     """The k items whose vectors are nearest this item's (inner product), itself left out; an

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from pydantic_core import to_json
 
-from service.api.deps import ApiKey, SelectionDep, ServicesDep
+from service.api.deps import ApiKey, HowMany, SelectionDep, ServicesDep
 from service.api.responses import errors
 from service.api.idempotency import IdempotencyKey, as_response, idempotent, replay
 from service.api.schemas import Id, InteractionsIn, InteractionsRecorded, Recommendations, UserList, UserOut
@@ -39,7 +39,7 @@ async def recommendations(
     user_id: Annotated[Id, Path()],
     services: ServicesDep,
     selection: SelectionDep,
-    k: Annotated[int, Query(ge=1, le=MAX_K, description="how many items")] = 50,
+    k: HowMany = 50,
     explain: Annotated[bool, Query(description="add why each item: the user's items behind it, its view weights")]
     = False,
 ) -> Response:
