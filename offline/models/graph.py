@@ -1,5 +1,6 @@
 """Graph pieces shared by the graph backbones: the normalised user-item adjacency, LightGCN
-propagation, and content kNN neighbourhoods (as index tensors, so they trace into ONNX)."""
+propagation, and content kNN neighbourhoods (as index tensors: `knn_neighbours` traces into
+ONNX for new items; `knn_table`, the training-time table of every item, is built with FAISS)."""
 
 import warnings
 
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-KNN_CHUNK = 4096
+from offline.models.knn import EXACT_MAX_KEYS, nearest_key_rows
 
 
 def sparse_matrix(rows: Tensor, cols: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
@@ -54,11 +55,16 @@ def knn_neighbours(queries: Tensor, keys: Tensor, key_ids: Tensor, k: int) -> Te
     return key_ids[torch.topk(similarity, k, dim=-1).indices]
 
 
-def knn_table(features: Tensor, key_rows: Tensor, k: int) -> Tensor:
-    """`knn_neighbours` of every row of `features` among the rows `key_rows`, in chunks."""
-    keys = F.normalize(features[key_rows], dim=-1)
-    chunks = [
-        knn_neighbours(features[start : start + KNN_CHUNK], keys, key_rows, k)
-        for start in range(0, features.shape[0], KNN_CHUNK)
-    ]
-    return torch.cat(chunks)
+def knn_table(features: Tensor, key_rows: Tensor, k: int, exact_max_keys: int = EXACT_MAX_KEYS) -> Tensor:
+    """The ids (rows of `features`, among `key_rows`) of the `k` rows most cosine-similar to
+    each row of `features`, `(N, k)` int64: `knn_neighbours` of every row, exact up to
+    `exact_max_keys` keys, approximate above (offline/models/knn.py, recall logged). FAISS runs
+    on torch's thread count, so the two OpenMP pools do not oversubscribe the cores."""
+    table = nearest_key_rows(
+        features.detach().cpu().numpy(),
+        key_rows.cpu().numpy(),
+        k,
+        threads=torch.get_num_threads(),
+        exact_max_keys=exact_max_keys,
+    )
+    return torch.from_numpy(table.rows).to(key_rows.device)
