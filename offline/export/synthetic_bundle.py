@@ -142,14 +142,15 @@ def build_scale_bundle(
     user_clusters = rng.integers(0, n_clusters, n_users)
 
     item_vectors = unit(centres[item_clusters] + rng.normal(size=(n_items, item_dim)))
-    clip_centres = rng.normal(size=(n_clusters, dim))
-    clip_image = unit(clip_centres[item_clusters] + rng.normal(size=(n_items, dim)))
-    clip_text = unit(clip_centres[item_clusters] + rng.normal(size=(n_items, dim)))
-    n_views = len(load_views("products").view_names)
     user_vectors = unit(centres[user_clusters] + rng.normal(size=(n_users, item_dim)))
     members = [np.flatnonzero(item_clusters == c) for c in range(n_clusters)]
     pairs = np.array([[u, i] for u, c in enumerate(user_clusters)
                       for i in rng.choice(members[c], min(n_seen, len(members[c])), replace=False)])
+    # drawn after the recommender's vectors, which stay those of bundles made before search existed
+    clip_centres = rng.normal(size=(n_clusters, dim))
+    clip_image = unit(clip_centres[item_clusters] + rng.normal(size=(n_items, dim)))
+    clip_text = unit(clip_centres[item_clusters] + rng.normal(size=(n_items, dim)))
+    n_views = len(load_views("products").view_names)
     graphs_dir = out_dir.parent / f".{out_dir.name}-graphs"
     graphs_dir.mkdir(parents=True, exist_ok=True)
     paths = export_graphs(graphs_dir, image, text, tower, fields)
