@@ -56,6 +56,12 @@ def fp16_variant(graph: str) -> str:
     return graph.removesuffix(".onnx") + ".fp16.onnx"
 
 
+def int8_variant(graph: str) -> str:
+    """The optional int8 twin of an encoder file (same float32 inputs and outputs), for CPU serving:
+    `image_encoder.onnx` -> `image_encoder.int8.onnx`."""
+    return graph.removesuffix(".onnx") + ".int8.onnx"
+
+
 class BundleError(ValueError):
     """A bundle (or bundle content) that cannot be used; the message names the file to fix."""
 
