@@ -24,19 +24,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-ATTENTION_MODES = ("attention", "attention_prior")  # fusions whose view weights come from image agreement
+# fusions whose view weights come from image agreement
+ATTENTION_MODES = ("attention", "attention_calibrated", "attention_prior")
 
 
-class Fusion(_Strict):
-    """CLIPER fusion of the text views (baked into `item_tower.onnx`; recorded for humans)."""
+class FusionCandidate(_Strict):
+    """One fusion that validation chose among, and its validation Recall@20."""
 
     mode: str
     tau: float | None = None
+    alpha: float | None = None
+    valid_recall_at_20: float
+
+
+class Fusion(_Strict):
+    """CLIPER fusion of the text views (baked into `item_tower.onnx`; recorded for humans).
+
+    `alpha` mixes attention with uniform weights (`alpha * attention + (1 - alpha) / V`);
+    `view_cosine_mean` and `view_cosine_std` (one per view) standardise the image-text cosines
+    of `attention_calibrated`; `grid` lists the fusions validation chose this one among.
+    """
+
+    mode: str
+    tau: float | None = None
+    alpha: float | None = None
+    view_cosine_mean: list[float] | None = None
+    view_cosine_std: list[float] | None = None
+    grid: list[FusionCandidate] | None = None
 
     @property
     def weighs_by_image(self) -> bool:
         """Whether an item's view weights say how well each view agrees with its image."""
-        return self.mode in ATTENTION_MODES
+        return self.mode in ATTENTION_MODES and self.alpha != 0
 
 
 class Dims(_Strict):

@@ -8,7 +8,7 @@ from offline.config import ConfigError, StrictModel
 from offline.models.base import ColdStartUnsupported, InteractionGraph, Recommender
 from offline.models.bm3 import BM3
 from offline.models.bpr import BPR
-from offline.models.content import CONTENT_MODES, ID_ONLY, MULTIMODAL_MODES, ContentMode
+from offline.models.content_encoder import CONTENT_MODES, ID_ONLY, MULTIMODAL_MODES, ContentMode
 from offline.models.features import ContentFeatures
 from offline.models.freedom import FREEDOM
 from offline.models.hparams import load_hparams

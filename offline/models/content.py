@@ -1,98 +1,18 @@
-"""The content side of multi-modal backbones: frozen CLIP features, the CLIPER fusion, and the
-base class whose cold items are embedded from content alone.
-
-`content_mode` picks the text fusion (`attention`, `attention_prior`, `mean`, `sum`, `concat`,
-`mlp`, `global`) or `image` for image features only. A backbone sees its content as a list of
-modalities: `[image]` or `[image, fused text]`.
-"""
+"""The base class of multi-modal backbones: frozen CLIP features through a `ContentEncoder`,
+and cold items embedded from content alone through a fitted cold map (`offline.models.cold_map`)."""
 
 from abc import abstractmethod
-from typing import Literal, get_args
 
 import torch
 from pydantic import Field, field_validator
-from torch import Tensor, nn
+from torch import Tensor
 
-from cliper.views import GLOBAL_VIEW
-from offline.fusion import ViewFusion
+from offline.models import cold_map
 from offline.models.base import InteractionGraph, Recommender
+from offline.models.cold_map import ColdMapNotFitted
+from offline.models.content_encoder import ContentEncoder
 from offline.models.features import ContentFeatures
 from offline.models.hparams import HParams
-
-ContentMode = Literal["none", "image", "global", "mean", "sum", "concat", "mlp", "attention", "attention_prior"]
-CONTENT_MODES: tuple[str, ...] = get_args(ContentMode)
-ID_ONLY = "none"
-MULTIMODAL_MODES = tuple(mode for mode in CONTENT_MODES if mode != ID_ONLY)
-WEIGHTED_MODES = ("attention", "attention_prior", "mean", "sum")  # fusions that sum weighted views
-
-
-class ContentEncoder(nn.Module):
-    """Turn `image (B, Di)` and `text_views (B, V, Dt)` into the modality list of a backbone."""
-
-    def __init__(self, mode: str, views: tuple[str, ...], image_dim: int, text_dim: int, tau: float):
-        super().__init__()
-        if mode not in MULTIMODAL_MODES:
-            raise ValueError(f"content_mode {mode!r} is not multi-modal; choose one of {MULTIMODAL_MODES}")
-        if mode == "global" and views[-1] != GLOBAL_VIEW:
-            raise ValueError(f"content_mode 'global' needs a last view named {GLOBAL_VIEW!r}; views are {views}")
-        self.mode = mode
-        self.image_dim = image_dim
-        self.fusion = None if mode == "image" else ViewFusion(mode, len(views), text_dim, image_dim, tau)
-
-    @property
-    def learned(self) -> bool:
-        """Whether the modalities depend on trained parameters (an `mlp` fusion)."""
-        return self.fusion is not None and self.fusion.learned
-
-    @property
-    def modality_dims(self) -> list[int]:
-        return [self.image_dim] if self.fusion is None else [self.image_dim, self.fusion.out_dim]
-
-    def forward(self, image: Tensor, text_views: Tensor) -> list[Tensor]:
-        if self.fusion is None:
-            return [image]
-        return [image, self.fusion(text_views, image)]
-
-    @property
-    def weighs_views(self) -> bool:
-        """Whether the text is a weighted sum of the views (`attention`, `mean`, `sum`)."""
-        return self.fusion is not None and self.fusion.mode in WEIGHTED_MODES
-
-    @property
-    def map_dims(self) -> list[int]:
-        """Sizes of the `map_input` modalities."""
-        if not self.weighs_views:
-            return self.modality_dims
-        return [self.image_dim, self.fusion.n_views * self.fusion.text_dim]
-
-    def map_input(self, image: Tensor, text_views: Tensor) -> list[Tensor]:
-        """What the cold-start map reads: the modalities, except that a weighted sum of views
-        is replaced by the weighted views side by side, `[w_1 x_1, ..., w_V x_V]`.
-
-        A linear map of the sum `sum_v w_v x_v` must read every view through one shared matrix;
-        side by side, each view gets its own coefficients while the fusion's weights (CLIPER's
-        per-item attention) still silence the views that contradict the image. On ML-100K this
-        lifted FREEDOM + attention's cold Recall@20 from 0.053 to 0.086 among all items and from
-        0.235 to 0.247 among cold items (one seed; 3 seeds: 0.085, 0.253). For `mean` this is
-        `concat` scaled by 1/V, which the scale-free ridge penalty maps identically.
-        """
-        if not self.weighs_views:
-            return self(image, text_views)
-        weights = self.fusion.view_weights(text_views, image)
-        return [image, (weights.unsqueeze(-1) * text_views).flatten(1)]
-
-    def graph_features(self, image: Tensor, text_views: Tensor) -> list[Tensor]:
-        """Modalities for item-item graphs: the fused ones, except that an `mlp` fusion (a
-        random projection before training) is replaced by the mean of the views."""
-        if self.fusion is not None and self.fusion.mlp is not None:
-            return [image, text_views.mean(dim=1)]
-        return self(image, text_views)
-
-    @property
-    def graph_follows_training(self) -> bool:
-        """Whether `graph_features` change in training (a learned view prior), so graphs
-        built from them must be rebuilt as it learns."""
-        return self.fusion is not None and self.fusion.prior is not None
 
 
 class ContentParams(HParams):
@@ -104,6 +24,13 @@ class ContentParams(HParams):
         "energy); the one that best ranks held-out warm items from content alone is used",
     )
     cold_folds: int = Field(ge=2, description="folds of warm items for choosing the ridge strength and the scale")
+    view_alpha: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="attention's share of the view weights, the rest uniform: w = alpha * attention + "
+        "(1 - alpha) / V (attention modes only; 0 is the mean of the views)",
+    )
 
     @field_validator("cold_ridges")
     @classmethod
@@ -113,72 +40,16 @@ class ContentParams(HParams):
         return values
 
 
-def ridge_regression(x: Tensor, y: Tensor, strength: float) -> tuple[Tensor, Tensor]:
-    """`(weight, bias)` minimising |x W + b - y|^2 + penalty |W|^2, with penalty = `strength`
-    times the mean centred feature energy (so it does not depend on the features' scale).
-    Solved in float64, in the dual form when there are fewer rows than features."""
-    x, y = x.double(), y.double()
-    x_mean, y_mean = x.mean(dim=0), y.mean(dim=0)
-    xc, yc = x - x_mean, y - y_mean
-    penalty = strength * xc.pow(2).sum(dim=0).mean()
-    rows, features = xc.shape
-    if rows < features:
-        gram = xc @ xc.T + penalty * torch.eye(rows, dtype=xc.dtype, device=xc.device)
-        weight = xc.T @ torch.linalg.solve(gram, yc)
-    else:
-        gram = xc.T @ xc + penalty * torch.eye(features, dtype=xc.dtype, device=xc.device)
-        weight = torch.linalg.solve(gram, xc.T @ yc)
-    return weight.float(), (y_mean - x_mean @ weight).float()
-
-
-COLD_RECALL_AT = 20  # the cut-off of the held-out ranking that picks the ridge strength
-
-
-def recall_at(scores: Tensor, targets: Tensor, k: int) -> float:
-    """Mean recall@k over the rows of `scores` that have a target (`targets`: boolean, same shape)."""
-    has_target = targets.any(dim=1)
-    scores, targets = scores[has_target], targets[has_target]
-    top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices
-    return (targets.gather(1, top).sum(dim=1) / targets.sum(dim=1)).mean().item()
-
-
-def centred_score_norm(users: Tensor, items: Tensor) -> Tensor:
-    """Frobenius norm of the score matrix `users @ items.T` with each user's mean score removed."""
-    scores = users @ items.T
-    return (scores - scores.mean(dim=1, keepdim=True)).norm()
-
-
 class ContentRecommender(Recommender):
     """A backbone with a content path; its cold rows come from `content_item_vectors`.
 
-    A warm item's vector has a half learned from interactions (`id_part`: an ID embedding,
-    possibly propagated) that a new item lacks. When the model enters eval mode with weights
-    the map was not fitted to (once after training: validation ranks warm items without it, see
-    `warm_vectors`), the cold map is refitted on the warm items (`calibrate`), in three steps:
-
-    1. The ID half is estimated by a ridge regression from the item's content (the backbone's
-       modalities with weighted views side by side, `ContentEncoder.map_input`). Its strength
-       is chosen among `cold_ridges` by `cold_folds`-fold cross-validation over the warm items:
-       each fold's items get their content-only vectors from a map fitted on the other folds
-       (anything learned from their own interactions left out, see `held_out_vectors`), and
-       the strength whose vectors best rank each user's training items among the fold's items
-       wins. That mirrors the cold-only protocol; squared error would pick the strongest
-       penalty, whose estimates barely differ between items.
-    2. Any such estimate regresses to the mean: over held-out warm items its scores spread
-       1.0 to 3.8 times narrower than the trained vectors' scores (ML-100K), so a new item
-       seldom reaches a user's top-K among warm items (cold Recall@20 among all items was at
-       or below a random order). The content vectors are therefore stretched about the mean
-       warm item vector, `v = center + scale * (v_content - center)`, with `scale` the ratio of
-       the per-user-centred score spreads of the warm items' trained vectors and of their
-       held-out content vectors. Each user's order of the new items is unchanged (an affine
-       map with a positive slope per user); only their place among the warm items moves, to
-       where items of the same spread sit, instead of always below the user's favourites.
-    3. The map is refitted on all warm items at the chosen strength.
-
-    Unlike a content projection trained by BPR (blind to any per-user constant, so its scores
-    sit at an arbitrary offset from warm items' scores), the estimate lives on the warm items'
-    own scale. The map, `cold_center` and `cold_scale` are saved with the weights; the whole
-    cold path stays one traceable function of the content.
+    The cold map (`id_map_weight`, `id_map_bias`, `cold_center`, `cold_scale`) is fitted by an
+    explicit step, `fit_cold_map`, which training calls on its final weights
+    (`offline.train.trainer.fit`); it is saved with the weights, with `cold_map_fitted`, and
+    the whole cold path stays one traceable function of the content. Switching to training
+    mode marks the map stale; asking a stale map for cold vectors raises `ColdMapNotFitted`.
+    A `attention_calibrated` fusion's cosine statistics are set here, at construction, from the
+    training (warm) items' features.
     """
 
     multimodal = True
@@ -195,10 +66,17 @@ class ContentRecommender(Recommender):
         super().__init__(graph, hparams)
         if content.n_items != graph.n_items:
             raise ValueError(f"content features cover {content.n_items} items, the split has {graph.n_items}")
-        self.encoder = ContentEncoder(content_mode, content.views, content.image_dim, content.text_dim, tau)
+        self.encoder = ContentEncoder(
+            content_mode, content.views, content.image_dim, content.text_dim, tau, hparams.view_alpha
+        )
+        image, text_views = content.image.float(), content.text_views.float()
+        fusion = self.encoder.fusion
+        if fusion is not None and fusion.calibrated:
+            warm = torch.from_numpy(graph.warm_items)
+            fusion.fit_cosine_statistics(text_views[warm], image[warm])
         # Not persistent: rebuilt from the features folder, so checkpoints stay small.
-        self.register_buffer("image_features", content.image.float(), persistent=False)
-        self.register_buffer("text_view_features", content.text_views.float(), persistent=False)
+        self.register_buffer("image_features", image, persistent=False)
+        self.register_buffer("text_view_features", text_views, persistent=False)
         # A fusion without parameters gives fixed modalities: compute them once.
         self.fixed_content: list[str] = []
         if not self.encoder.learned:
@@ -213,9 +91,9 @@ class ContentRecommender(Recommender):
         self.register_buffer("id_map_bias", torch.zeros(hparams.embedding_size))
         self.register_buffer("cold_center", torch.zeros(self.vector_size))
         self.register_buffer("cold_scale", torch.ones(()))
-        # Saved with the weights: a checkpoint written after `calibrate` loads with its map as is.
+        # Saved with the weights: a checkpoint written after `fit_cold_map` loads with its map as is.
         self.register_buffer("cold_map_fitted", torch.zeros((), dtype=torch.bool))
-        self.cold_ridge: float | None = None  # the strength `calibrate` chose
+        self.cold_ridge: float | None = None  # the strength `fit_cold_map` chose
 
     @property
     def vector_size(self) -> int:
@@ -260,72 +138,45 @@ class ContentRecommender(Recommender):
             return torch.ones_like(text_views[..., 0]) / text_views.shape[1]
         return self.encoder.fusion.view_weights(text_views, image)
 
-    def _folds(self) -> tuple[Tensor, ...]:
-        """A fixed partition of the warm items' rows (positions in `warm_items`) into folds."""
-        order = torch.randperm(len(self.warm_items), generator=torch.Generator().manual_seed(0))
-        return order.to(self.warm_items.device).chunk(self.hparams.cold_folds)
-
-    def _cross_validate(self, features: Tensor, target: Tensor, ridge: float) -> Tensor:
-        """Out-of-fold ridge estimates of `target` (rows: the warm items)."""
-        estimate = torch.empty_like(target)
-        for fold in self._folds():
-            rest = torch.ones(len(target), dtype=torch.bool, device=target.device)
-            rest[fold] = False
-            weight, bias = ridge_regression(features[rest], target[rest], ridge)
-            estimate[fold] = features[fold] @ weight + bias
-        return estimate
-
-    def _warm_targets(self) -> Tensor:
-        """`(n_users, n_warm)` booleans: which warm items each user has in training."""
-        n_warm = len(self.warm_items)
-        row = torch.full((self.n_items,), -1, dtype=torch.long, device=self.warm_items.device)
-        row[self.warm_items] = torch.arange(n_warm, device=self.warm_items.device)
-        targets = torch.zeros(self.n_users, n_warm, dtype=torch.bool, device=self.warm_items.device)
-        targets[self.train_edges[:, 0], row[self.train_edges[:, 1]]] = True
-        return targets
-
-    def _fold_recall(self, users: Tensor, vectors: Tensor, targets: Tensor) -> float:
-        """Recall@20 of each user's training items (`targets`, from `_warm_targets`) among the
-        items of their fold (`vectors`: one row per warm item), averaged over folds: the
-        cold-only protocol on warm items."""
-        recalls = [recall_at(users @ vectors[fold].T, targets[:, fold], COLD_RECALL_AT) for fold in self._folds()]
-        return sum(recalls) / len(recalls)
-
     @torch.no_grad()
-    def calibrate(self) -> None:
-        """Fit the cold map on the warm items: ridge strength by cross-validation, then the
-        content -> `id_part` map and the score-spread `cold_scale` (see the class docstring)."""
+    def fit_cold_map(self) -> "ContentRecommender":
+        """Enter eval mode and fit the cold map to the current weights on the warm items
+        (`offline.models.cold_map.fit`): ridge strength by cross-validation, the content ->
+        `id_part` map and the score-spread `cold_scale`. Returns the model, like `eval()`."""
+        self.eval()
         warm = self.warm_items
-        features = torch.cat(self.encoder.map_input(self.image_features[warm], self.text_view_features[warm]), dim=-1)
-        target = self.id_part()[warm]
-        users = self.user_vectors()
-        targets = self._warm_targets()
-        best: tuple[float, float, Tensor] | None = None
-        for ridge in self.hparams.cold_ridges:
-            held_out = self.held_out_vectors(self._cross_validate(features, target, ridge))
-            recall = self._fold_recall(users, held_out, targets)
-            if best is None or recall > best[0]:
-                best = (recall, ridge, held_out)
-        _, self.cold_ridge, held_out = best
-        trained = self.trained_item_vectors()[warm]
-        weight, bias = ridge_regression(features, target, self.cold_ridge)
-        self.id_map_weight.copy_(weight)
-        self.id_map_bias.copy_(bias)
-        self.cold_center.copy_(trained.mean(dim=0))
-        self.cold_scale.copy_(centred_score_norm(users, trained) / centred_score_norm(users, held_out))
+        fitted = cold_map.fit(
+            features=torch.cat(self.encoder.map_input(self.image_features[warm], self.text_view_features[warm]), -1),
+            target=self.id_part()[warm],
+            users=self.user_vectors(),
+            targets=cold_map.warm_targets(self.n_users, self.n_items, warm, self.train_edges),
+            trained=self.trained_item_vectors()[warm],
+            held_out_vectors=self.held_out_vectors,
+            ridges=self.hparams.cold_ridges,
+            n_folds=self.hparams.cold_folds,
+        )
+        self.id_map_weight.copy_(fitted.weight)
+        self.id_map_bias.copy_(fitted.bias)
+        self.cold_center.copy_(fitted.center)
+        self.cold_scale.copy_(fitted.scale)
+        self.cold_ridge = fitted.ridge
         self.cold_map_fitted.fill_(True)
+        return self
 
     def train(self, mode: bool = True) -> "ContentRecommender":
-        """Training makes the cold-start map stale; switching to eval mode refits a stale map to
-        the current weights (loading weights saved before `calibrate` makes it stale too)."""
+        """Training makes the cold-start map stale (`fit_cold_map` fits it again); eval mode
+        changes nothing."""
         super().train(mode)
         if mode:
             self.cold_map_fitted.fill_(False)
-        elif not self.cold_map_fitted:
-            self.calibrate()
         return self
 
     def cold_item_vectors(self) -> Tensor:
+        if not self.cold_map_fitted:
+            raise ColdMapNotFitted(
+                f"{self.name}'s cold-start map is not fitted to its current weights: call fit_cold_map() "
+                "after training (offline.train.trainer.fit does)"
+            )
         return self.content_item_vectors(
             self.image_features[self.cold_items], self.text_view_features[self.cold_items]
         )

@@ -226,9 +226,9 @@ def model_vectors(model: Recommender) -> tuple[Tensor, Tensor]:
 def warm_vectors(model: Recommender) -> tuple[Tensor, Tensor]:
     """`(user_vectors, trained item vectors)` for rankings of warm items only (validation).
 
-    No switch to eval mode, which would refit a content model's cold-start map (cross-validated,
-    about a second): validation never ranks cold items, so the map is fitted once, after
-    training. Scores do not depend on the mode (no backbone has dropout layers at scoring time).
+    Cold items are left out: validation never ranks them, and a content model's cold-start map
+    (cross-validated, about a second) is fitted once, after training (`fit_cold_map`). Scores
+    do not depend on the mode (no backbone has dropout layers at scoring time).
     """
     return model.user_vectors(), model.trained_item_vectors()
 

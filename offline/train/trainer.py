@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from offline.config import StrictModel
 from offline.models import ContentFeatures, InteractionGraph, ModelSpec, Recommender, build_model
+from offline.models.content import ContentRecommender
 from offline.train.evaluate import VALID_METRIC, Evaluator, warm_vectors
 
 CHECKPOINT_FORMAT = 2  # 2: saved again after training with the fitted cold map (and its flag)
@@ -143,6 +144,11 @@ def load_checkpoint(
     model = build_model(spec, graph, content).to(device)
     model.load_state_dict(state["state_dict"])
     model.eval()
+    if isinstance(model, ContentRecommender) and not model.cold_map_fitted:
+        raise ValueError(
+            f"{path}: its cold-start map was never fitted (a checkpoint written during training, before "
+            "it finished); train the run again"
+        )
     return model, {"spec": spec, "epoch": state["epoch"], "valid": state["valid"]}
 
 
@@ -193,7 +199,8 @@ def fit(
     description: str = "train",
 ) -> FitResult:
     """Train until validation Recall@20 stops improving for `patience` epochs; the model ends
-    with its best weights in eval mode (cold map fitted), written to `checkpoint` at every
+    with its best weights in eval mode, a content model's cold map fitted to them
+    (`fit_cold_map`, the explicit step after training), written to `checkpoint` at every
     improvement and, at the end, with the fitted map, so export serves what evaluation measured.
 
     Without an `evaluator` (a refit on every interaction) it trains exactly `config.epochs`
@@ -231,7 +238,10 @@ def fit(
         result.best_epoch = config.epochs
     else:
         model.load_state_dict(best_state)
-    model.eval()
+    if isinstance(model, ContentRecommender):
+        model.fit_cold_map()  # enters eval mode, then fits the cold-start map to the final weights
+    else:
+        model.eval()
     if checkpoint is not None:
         checkpoint.save(model, result.best_epoch, result.best_valid)
     return result

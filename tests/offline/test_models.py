@@ -10,7 +10,9 @@ from planted import World
 from offline.config import ConfigError
 from offline.models import MODELS, ColdStartUnsupported, InteractionGraph, ModelSpec, build_model
 from offline.models.features import ContentFeatures, FeaturesError
-from offline.models.content import ContentEncoder, ridge_regression
+from offline.models.cold_map import ColdMapNotFitted, cross_validate, ridge_regression, warm_folds
+from offline.models.content import ContentRecommender
+from offline.models.content_encoder import ContentEncoder
 from offline.models.freedom import FREEDOM
 from offline.models.graph import knn_table
 from offline.models.hparams import load_hparams
@@ -40,6 +42,11 @@ def content() -> ContentFeatures:
 
 def default_spec(name: str, mode: str | None = None) -> ModelSpec:
     return ModelSpec(name=name, content_mode=mode or ("attention" if MODELS[name].multimodal else "none"))
+
+
+def ready(model):
+    """The model in eval mode, a content model's cold map fitted (what training ends with)."""
+    return model.fit_cold_map() if isinstance(model, ContentRecommender) else model.eval()
 
 
 def test_registry_is_explicit() -> None:
@@ -84,7 +91,7 @@ def test_graph_rejects_cold_items_in_training(split) -> None:
 @pytest.mark.parametrize("name", list(MODELS))
 def test_scores_are_inner_products_of_the_vectors(name, graph, content) -> None:
     torch.manual_seed(0)
-    model = build_model(default_spec(name), graph, content).eval()
+    model = ready(build_model(default_spec(name), graph, content))
     users = torch.tensor([0, 3, 7])
     with torch.no_grad():
         item_vectors = model.item_vectors()
@@ -99,7 +106,7 @@ def test_scores_are_inner_products_of_the_vectors(name, graph, content) -> None:
 @pytest.mark.parametrize("mode", ["image", "global", "mean", "sum", "concat", "mlp", "attention"])
 def test_cold_rows_come_from_the_content_path(name, mode, graph, content) -> None:
     torch.manual_seed(0)
-    model = build_model(default_spec(name, mode), graph, content).eval()
+    model = build_model(default_spec(name, mode), graph, content).fit_cold_map()
     cold = torch.from_numpy(graph.cold_items)
     with torch.no_grad():
         item_vectors = model.item_vectors()
@@ -133,7 +140,8 @@ def test_freedom_content_graph_uses_only_warm_items(graph, content) -> None:
 
 def test_freedom_cold_vector_is_content_estimate_plus_neighbour_mean(graph, content) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelSpec(name="freedom", content_mode="image", hparams={"knn_k": 3}), graph, content).eval()
+    spec = ModelSpec(name="freedom", content_mode="image", hparams={"knn_k": 3})
+    model = build_model(spec, graph, content).fit_cold_map()
     item = int(graph.cold_items[0])
     image = content.image[item : item + 1]
     with torch.no_grad():
@@ -149,7 +157,7 @@ def test_freedom_cold_vector_is_content_estimate_plus_neighbour_mean(graph, cont
 def test_freedom_cold_path_matches_the_sparse_item_graph_with_two_layers(graph, content) -> None:
     torch.manual_seed(0)
     spec = ModelSpec(name="freedom", content_mode="image", hparams={"knn_k": 3, "n_mm_layers": 2})
-    model = build_model(spec, graph, content).eval()
+    model = build_model(spec, graph, content).fit_cold_map()
     items = torch.from_numpy(graph.cold_items[:5])
     with torch.no_grad():
         vectors = model.raw_content_item_vectors(content.image[items], content.text_views[items])
@@ -172,12 +180,18 @@ def test_ridge_regression_recovers_a_linear_map(rows) -> None:
 
 
 @pytest.mark.parametrize("name", MULTIMODAL)
-def test_cold_map_is_refitted_in_eval_mode_and_saved(name, graph, content) -> None:
+def test_cold_map_is_fitted_by_the_explicit_step_only_and_saved(name, graph, content) -> None:
     torch.manual_seed(0)
     model = build_model(default_spec(name), graph, content)
-    assert model.id_map_weight.abs().sum() == 0  # not fitted before the first eval
-    model.eval()
-    assert model.id_map_weight.abs().sum() > 0
+    model.eval()  # eval mode fits nothing: a new item has no vector until the map is fitted
+    assert model.id_map_weight.abs().sum() == 0 and not model.cold_map_fitted
+    with pytest.raises(ColdMapNotFitted, match="fit_cold_map"):
+        model.item_vectors()
+    model.fit_cold_map()
+    assert model.id_map_weight.abs().sum() > 0 and model.cold_map_fitted
+    model.train()  # training makes the map stale
+    with pytest.raises(ColdMapNotFitted):
+        model.eval().item_vectors()
     assert {"id_map_weight", "id_map_bias"} <= model.state_dict().keys()
     with torch.no_grad():  # a fitted intercept: zero mean residual over the warm items
         warm = torch.from_numpy(graph.warm_items)
@@ -196,7 +210,7 @@ def test_freedom_text_graph_follows_a_learned_view_prior(graph, content) -> None
     torch.testing.assert_close(model.content_graphs[1].table, first_view_graph)
     with torch.no_grad():
         model.encoder.fusion.prior[0] = 0.0
-    model.eval()  # the weights being evaluated get their own graph before the cold map is fitted
+    model.eval()  # the weights being evaluated get their own graph (before the cold map is fitted)
     torch.testing.assert_close(model.content_graphs[1].table, plain.content_graphs[1].table)
 
 
@@ -227,7 +241,7 @@ def test_content_exports_to_onnx(mode, graph, content, tmp_path) -> None:
     if mode == "attention_prior":
         with torch.no_grad():
             model.encoder.fusion.prior.copy_(torch.linspace(-1.0, 1.0, len(content.views)))  # as if trained
-    model.eval()
+    model.fit_cold_map()
 
     class Tower(torch.nn.Module):
         def __init__(self) -> None:
@@ -275,7 +289,7 @@ def test_cold_vectors_are_stretched_about_the_warm_mean(name, graph, content) ->
     """The calibrated cold vector is `center + scale * (raw - center)`: each user's order of the
     cold items is the raw one, only their place among warm items moves."""
     torch.manual_seed(0)
-    model = build_model(default_spec(name), graph, content).eval()
+    model = build_model(default_spec(name), graph, content).fit_cold_map()
     cold, warm = torch.from_numpy(graph.cold_items), torch.from_numpy(graph.warm_items)
     with torch.no_grad():
         raw = model.raw_content_item_vectors(content.image[cold], content.text_views[cold])
@@ -290,12 +304,13 @@ def test_cold_vectors_are_stretched_about_the_warm_mean(name, graph, content) ->
 def test_cold_scale_matches_the_score_spread_of_held_out_warm_items(graph, content) -> None:
     torch.manual_seed(0)
     spec = ModelSpec(name="vbpr", content_mode="mean", hparams={"cold_ridges": [0.1]})
-    model = build_model(spec, graph, content).eval()
+    model = build_model(spec, graph, content).fit_cold_map()
     warm = torch.from_numpy(graph.warm_items)
     with torch.no_grad():
         users = model.user_vectors()
         features = torch.cat(model.encoder.map_input(content.image[warm], content.text_views[warm]), dim=-1)
-        held_out = model.held_out_vectors(model._cross_validate(features, model.id_part()[warm], 0.1))
+        folds = warm_folds(len(warm), model.hparams.cold_folds)
+        held_out = model.held_out_vectors(cross_validate(features, model.id_part()[warm], 0.1, folds))
         spread = lambda items: (users @ items.T - (users @ items.T).mean(dim=1, keepdim=True)).norm()  # noqa: E731
         expected = spread(model.trained_item_vectors()[warm]) / spread(held_out)
     torch.testing.assert_close(model.cold_scale, expected)

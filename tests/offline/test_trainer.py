@@ -92,7 +92,9 @@ def test_checkpoint_reloads_to_identical_scores(name, mode, split, content, tmp_
 def test_checkpoint_holds_the_fitted_cold_map_and_loads_without_refitting(
     with_validation, split, content, tmp_path, monkeypatch
 ) -> None:
-    """Export must serve exactly the cold map evaluation measured (issue 14, item 12)."""
+    """Export must serve exactly the cold map evaluation measured (issue 14, item 12); the map
+    is fitted by the explicit step after training, never by loading or eval mode (issue 18)."""
+    from offline.models.cold_map import ColdMapNotFitted
     from offline.models.content import ContentRecommender
     from offline.train.trainer import Checkpoint
 
@@ -109,12 +111,27 @@ def test_checkpoint_holds_the_fitted_cold_map_and_loads_without_refitting(
     def refit(self) -> None:
         raise AssertionError("loading a checkpoint refitted the cold map")
 
-    monkeypatch.setattr(ContentRecommender, "calibrate", refit)
+    monkeypatch.setattr(ContentRecommender, "fit_cold_map", refit)
     reloaded, _ = load_checkpoint(path, graph, content)
     with torch.no_grad():
         torch.testing.assert_close(reloaded.item_vectors(), model.item_vectors(), rtol=0, atol=0)
-    with pytest.raises(AssertionError, match="refitted"):  # more training makes the map stale again
-        reloaded.train().eval()
+    reloaded.train().eval()  # more training makes the map stale; eval mode does not refit it
+    with pytest.raises(ColdMapNotFitted, match="fit_cold_map"):
+        reloaded.item_vectors()
+
+
+def test_a_checkpoint_saved_before_the_cold_map_was_fitted_is_refused(split, content, tmp_path) -> None:
+    """A checkpoint written during training (at an improvement) has no fitted map: loading it
+    says so instead of serving an unfitted cold path."""
+    from offline.models import build_model
+    from offline.train.trainer import Checkpoint
+
+    spec = ModelSpec(name="freedom")
+    graph = InteractionGraph.from_split(split)
+    path = tmp_path / "checkpoint.pt"
+    Checkpoint(path, spec).save(build_model(spec, graph, content), 1, {"recall@20": 0.0})
+    with pytest.raises(ValueError, match="cold-start map was never fitted"):
+        load_checkpoint(path, graph, content)
 
 
 def test_train_command_writes_the_run_folder(tmp_path) -> None:
