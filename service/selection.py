@@ -22,6 +22,8 @@ class Selection:
     @classmethod
     def parse(cls, filters: Sequence[str], exclude: Sequence[str], columns: Sequence[str]) -> "Selection":
         """From the request's `filter` and `exclude` values; `BadInput` (422) when malformed."""
+        if not filters and not exclude:
+            return EVERYTHING
         return cls(tuple(parse_filters(filters, columns)), parse_exclude(exclude))
 
     @property
@@ -37,3 +39,6 @@ class Selection:
         rows = catalog.items.rows_of(self.exclude)
         rows |= catalog.items.rows_of(also)
         return rows
+
+
+EVERYTHING = Selection()

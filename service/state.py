@@ -1,6 +1,7 @@
 """The parts of a running service, built by the lifespan and kept on `app.state.services`."""
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from cliper.bundle import LoadedBundle
 from service.cache import UserVectorCache
@@ -38,3 +39,8 @@ class Services:
     @property
     def bundle_version(self) -> str:
         return self.bundle.manifest.bundle_version
+
+    @cached_property
+    def columns(self) -> list[str]:
+        """The bundle's text fields (the views' columns)."""
+        return self.bundle.manifest.views.columns

@@ -50,7 +50,7 @@ async def get_selection(
     exclude: Annotated[list[str], Query(description="item ids to leave out, comma-separated; may repeat")] = [],  # noqa: B006
 ) -> Selection:
     """The `filter` and `exclude` parameters of the read endpoints; a 422 saying what is wrong."""
-    return Selection.parse(filters, exclude, services.bundle.manifest.views.columns)
+    return Selection.parse(filters, exclude, services.columns)
 
 
 SelectionDep = Annotated[Selection, Depends(get_selection)]

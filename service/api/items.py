@@ -187,7 +187,7 @@ def _media_type(image: bytes) -> str:
 
 
 def _check_fields(fields: Mapping[str, str], services: Services) -> None:
-    columns = services.bundle.manifest.views.columns
+    columns = services.columns
     unknown = sorted(set(fields) - set(columns))
     if unknown:
         raise BadInput(f"unknown text field(s) {unknown}; this bundle reads {columns}")

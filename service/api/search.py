@@ -19,7 +19,7 @@ async def search(request: Request, services: ServicesDep) -> SearchResults:
     bundle's CLIP encoders and compared with each item's image and fused text (the mean of the
     two cosines). With `user_id`, the user's model score is blended in (see the README)."""
     body = await json_body(request, SearchIn)
-    selection = Selection.parse(body.filters, body.exclude, services.bundle.manifest.views.columns)
+    selection = Selection.parse(body.filters, body.exclude, services.columns)
     limit = services.settings.max_text_chars
     if body.text is not None and len(body.text) > limit:
         raise BadInput(f"text is {len(body.text)} characters long; at most {limit} are searched, shorten it")
