@@ -33,6 +33,7 @@ async def ready(request: Request) -> Health | JSONResponse:
         "bundle": f"verified {services.bundle_version}" if services.settings.verify_bundle
         else f"loaded {services.bundle_version} (checksums not verified)",
         "encoders": f"warm on {services.encoder.providers[0]}",
+        "index": "FAISS on GPU" if services.catalog.items.on_gpu else "FAISS on CPU",
         "cache": f"degraded: {problem}; serving without the cache" if problem else f"{services.cache.kind} ok",
     }
     return Health(status="degraded" if problem else "ready", checks=checks)

@@ -23,6 +23,7 @@ def test_live_and_ready(client: TestClient, factory: FactoryBundle) -> None:
     checks = ready.json()["checks"]
     assert checks["bundle"] == f"verified {factory.manifest.bundle_version}"
     assert checks["encoders"] == "warm on CPUExecutionProvider" and checks["cache"] == "embedded ok"
+    assert checks["index"] == "FAISS on CPU"
 
 
 def test_ready_is_503_before_start_up() -> None:
