@@ -23,7 +23,6 @@ wall time above CPU / threads).
 import json
 import multiprocessing
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -63,7 +62,7 @@ def run_method(features_path: str, method: str, k: int, threads: int, hnsw: tupl
                table_path: str) -> dict[str, Any]:
     """One method in this (fresh) process: its table saved to `table_path`, its time and peak RSS
     (and the RSS before the features were loaded: the interpreter, torch and FAISS)."""
-    start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start_rss = peak_rss()
     features = np.load(features_path)
     keys = np.arange(len(features))
     wall, cpu = time.perf_counter(), time.process_time()
@@ -77,9 +76,16 @@ def run_method(features_path: str, method: str, k: int, threads: int, hnsw: tupl
         rows, label = table.rows, table.method
     seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
     np.save(table_path, rows)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     return {"method": label, "seconds": seconds, "cpu_seconds": cpu_seconds, "start_rss_gb": start_rss / GB,
             "peak_rss_gb": peak / GB}
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes: VmHWM, which starts afresh at exec (unlike
+    getrusage's ru_maxrss, which keeps the forking parent's)."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return int(next(line.split()[1] for line in status if line.startswith("VmHWM:"))) * 1024
 
 
 def in_fresh_process(*args: Any) -> dict[str, Any]:

@@ -139,11 +139,11 @@ def ivf_search(unit: np.ndarray, key_rows: np.ndarray, k: int, params: IVFParams
     dim, nlist = unit.shape[1], params.nlist(len(key_rows))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = params.kmeans_iterations
-    index.cp.max_points_per_centroid = params.train_points_per_list
     index.cp.min_points_per_centroid = 1  # few points per list is the choice, not an accident
     index.cp.spherical = True
     index.cp.seed = params.seed
-    index.train(unit[key_rows])
+    n_train = min(len(key_rows), nlist * params.train_points_per_list)  # sampled here: no copy of every key
+    index.train(unit[np.sort(np.random.default_rng(params.seed).choice(key_rows, n_train, replace=False))])
     nprobe = min(params.nprobe, nlist)
     probes = np.empty((len(unit), nprobe), dtype=np.int64)
 
@@ -152,7 +152,8 @@ def ivf_search(unit: np.ndarray, key_rows: np.ndarray, k: int, params: IVFParams
             probes[chunk] = index.quantizer.search(unit[chunk], nprobe)[1]
 
     _in_threads(threads, len(unit), assign)
-    add_preassigned(index, unit[key_rows], probes[key_rows, 0], key_rows)
+    for chunk in _chunks(key_rows):
+        add_preassigned(index, unit[chunk], probes[chunk, 0], chunk)
     heap = faiss.ResultHeap(len(unit), k, keep_max=True)
     _in_threads(threads, len(unit), lambda share: _join_by_list(index, unit, share, probes[share], k, heap))
     heap.finalize()
