@@ -22,7 +22,12 @@ def command(
         str, typer.Option(help="FAISS index factory of the CLIP search index (POST /search)")
     ] = "Flat",
     clip_search_params: Annotated[str, typer.Option(help="FAISS search parameters of the CLIP search index")] = "",
-    fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="also write fp16 graphs for GPU serving")] = True,
+    fp16: Annotated[
+        bool, typer.Option("--fp16/--no-fp16", help="also write fp16 graphs (served only on the CUDA provider)")
+    ] = False,
+    int8: Annotated[
+        bool, typer.Option("--int8/--no-int8", help="also write int8 image and text encoders for CPU serving")
+    ] = False,
     thumbnails: Annotated[
         bool, typer.Option("--thumbnails/--no-thumbnails", help="write a JPEG thumbnail of every item's image")
     ] = True,
@@ -39,13 +44,14 @@ def command(
     started = time.perf_counter()
     spec = resolve_clip(clip, None, run, None) if clip is not None else None
     cfg = ExportConfig(index_factory=index_factory, search_params=search_params, clip_index_factory=clip_index_factory,
-                       clip_search_params=clip_search_params, fp16=fp16, thumbnails=thumbnails)
+                       clip_search_params=clip_search_params, fp16=fp16, int8=int8, thumbnails=thumbnails)
     manifest = export_bundle(run, out, cfg, spec)
     typer.echo(
         f"export: wrote {out} (version {manifest.bundle_version}) in {time.perf_counter() - started:.1f} s, "
         f"{bundle_size(out) / 2**20:.1f} MiB: {manifest.backbone}/{manifest.fusion.mode}, "
         f"item vectors of {manifest.dims.item}, index {_index(manifest.index)}, "
-        f"CLIP index {_index(manifest.clip_index)}, {'with' if thumbnails else 'no'} thumbnails"
+        f"CLIP index {_index(manifest.clip_index)}, {'with' if thumbnails else 'no'} thumbnails, "
+        f"graphs fp32{' + fp16' if fp16 else ''}{' + int8 encoders' if int8 else ''}"
     )
 
 

@@ -24,7 +24,16 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cliper.bundle import IMAGE_ENCODER, ITEM_TOWER, TEXT_ENCODER, BundleContent, Seen, fp16_variant, write_bundle
+from cliper.bundle import (
+    IMAGE_ENCODER,
+    ITEM_TOWER,
+    TEXT_ENCODER,
+    BundleContent,
+    Seen,
+    fp16_variant,
+    int8_variant,
+    write_bundle,
+)
 from cliper.encoding import ItemEncoding, encode_clip
 from cliper.manifest import Chunking, Dims, Fusion, IndexSpec, Manifest, Training
 from cliper.thumbnails import thumbnail_jpeg
@@ -34,7 +43,7 @@ from offline.config import ConfigError, StrictModel
 from offline.data.catalog import Catalog, load_catalog, resolve_views
 from offline.data.images import ImageLoader
 from offline.data.split import SplitData
-from offline.export.onnx_export import convert_to_fp16, export_clip_encoders, export_item_tower
+from offline.export.onnx_export import convert_to_fp16, export_clip_encoders, export_item_tower, quantize_to_int8
 from offline.export.tokenizer import export_tokenizer
 from offline.fusion import ATTENTION_MODES
 from offline.models import ContentFeatures, InteractionGraph, ModelSpec, Recommender
@@ -57,7 +66,8 @@ class ExportConfig(StrictModel):
     search_params: str = ""  # FAISS ParameterSpace string applied at load, e.g. "nprobe=16"
     clip_index_factory: str = "Flat"  # the same for the index of the items' CLIP search vectors
     clip_search_params: str = ""
-    fp16: bool = True  # also write fp16 graphs (`*.fp16.onnx`) for GPU serving
+    fp16: bool = False  # also write fp16 graphs (`*.fp16.onnx`), served only on the CUDA provider
+    int8: bool = False  # also write int8 encoders (`*.int8.onnx`) for CPU serving
     thumbnails: bool = True  # a JPEG thumbnail of every item's image (GET /items/{id}/image)
 
 
@@ -152,6 +162,9 @@ def export_bundle(run_dir: Path, out: Path, cfg: ExportConfig, clip_spec: ClipSp
         if cfg.fp16:
             for graph in (IMAGE_ENCODER, TEXT_ENCODER, ITEM_TOWER):
                 extra[fp16_variant(graph)] = convert_to_fp16(folder / graph, folder / fp16_variant(graph))
+        if cfg.int8:  # the item tower is small next to the encoders: it stays fp32
+            for graph in (IMAGE_ENCODER, TEXT_ENCODER):
+                extra[int8_variant(graph)] = quantize_to_int8(folder / graph, folder / int8_variant(graph))
         tokenizer = export_tokenizer(clip.tokenizer, folder / "tokenizer.json")
         train = run.split.train
         content = BundleContent(

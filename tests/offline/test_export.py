@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from cliper.bundle import IMAGE_ENCODER, ITEM_TOWER, TEXT_ENCODER, fp16_variant, read_bundle
+from cliper.bundle import IMAGE_ENCODER, ITEM_TOWER, TEXT_ENCODER, fp16_variant, int8_variant, read_bundle
 from cliper.thumbnails import THUMBNAILS
 from cliper.tokenizer import TextTokenizer, trim_padding
 from offline.cli import app
@@ -29,6 +29,7 @@ from offline.export.onnx_export import (
     cpu_session,
     export_clip_encoders,
     export_item_tower,
+    quantize_to_int8,
 )
 from offline.models import ContentFeatures, InteractionGraph, ModelSpec, build_model
 from offline.train.run import RunConfig, train_run
@@ -40,7 +41,7 @@ PROMPTS = ["The product title is Red striped mug.", "The product brand is Missin
 @pytest.fixture(scope="module")
 def bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("export") / "bundle"
-    export_bundle(tiny_run, out, ExportConfig())
+    export_bundle(tiny_run, out, ExportConfig(fp16=True))
     return out
 
 
@@ -78,6 +79,28 @@ def test_fp16_graph_keeps_float32_inputs_and_outputs(tmp_path: Path) -> None:
     got = _run(cpu_session(half), pixel_values=pixels)
     assert got.dtype == np.float32
     assert 0 < np.abs(got - expected).max() <= 0.01 * np.abs(expected).max()
+
+
+def _io_types(graph: onnx.GraphProto) -> list[int]:
+    return [value.type.tensor_type.elem_type for value in (*graph.input, *graph.output)]
+
+
+def test_int8_encoders_keep_float32_inputs_and_outputs_and_stay_close(tmp_path: Path) -> None:
+    clip = load_clip(ClipSpec(model="cliper-tiny"))
+    export_clip_encoders(clip, tmp_path / IMAGE_ENCODER, tmp_path / TEXT_ENCODER)
+    pixels = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
+    ids = clip.tokenize(PROMPTS)
+    cases = {IMAGE_ENCODER: ({"pixel_values": pixels}, clip.encode_images(pixels)),
+             TEXT_ENCODER: ({"input_ids": ids.numpy()}, clip.encode_tokens(ids))}
+    for graph, (feeds, expected) in cases.items():
+        int8 = quantize_to_int8(tmp_path / graph, tmp_path / int8_variant(graph))
+        model = onnx.load(str(int8)).graph
+        assert _io_types(model) == _io_types(onnx.load(str(tmp_path / graph)).graph)
+        assert {"DynamicQuantizeLinear", "MatMulInteger"} <= {node.op_type for node in model.node}
+        assert any(init.data_type == onnx.TensorProto.INT8 for init in model.initializer)
+        got = cpu_session(int8).run(None, feeds)[0]
+        cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+        assert got.dtype == np.float32 and cosine.min() >= 0.99 and np.abs(got - expected).max() > 1e-6
 
 
 def _tiny_model(backbone: str, content_mode: str = "attention", tau: float = 0.2):
@@ -234,7 +257,7 @@ def test_index_returns_brute_force_ids_and_scores(bundle: Path) -> None:
 def test_export_command_with_approximate_indexes_and_no_thumbnails(tiny_run: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app,
-        ["export", "--run", str(tiny_run), "--out", str(tmp_path / "b"), "--no-fp16", "--no-thumbnails",
+        ["export", "--run", str(tiny_run), "--out", str(tmp_path / "b"), "--no-thumbnails",
          "--index-factory", "HNSW32", "--search-params", "efSearch=128",
          "--clip-index-factory", "HNSW16", "--clip-search-params", "efSearch=64"],
     )
@@ -245,7 +268,7 @@ def test_export_command_with_approximate_indexes_and_no_thumbnails(tiny_run: Pat
     manifest = bundle.manifest
     assert manifest.index.factory == "HNSW32" and manifest.index.recall_at_50 > 0.95
     assert manifest.clip_index.factory == "HNSW16" and manifest.clip_index.search_params == "efSearch=64"
-    assert not any(name.endswith(".fp16.onnx") for name in manifest.files)
+    assert not any(name.endswith((".fp16.onnx", ".int8.onnx")) for name in manifest.files)  # a bundle for CPU
     assert bundle.thumbnails is None and THUMBNAILS not in manifest.files and not (tmp_path / "b" / THUMBNAILS).exists()
     assert len(bundle.item_fields) == len(bundle.view_weights) == len(bundle.clip_text) == len(bundle.item_ids)
 

@@ -23,7 +23,7 @@ CHECKS = ["files", "provenance", "tokenizer", "preprocessing", "image encoder", 
 @pytest.fixture(scope="module")
 def bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("verify") / "bundle"
-    export_bundle(tiny_run, out, ExportConfig())
+    export_bundle(tiny_run, out, ExportConfig(fp16=True))
     return out
 
 
