@@ -52,7 +52,7 @@ def build_services(settings: Settings, cache: UserVectorCache, metrics: Metrics)
     threads = onnx_intra_op_threads(settings.intra_op_threads, settings.workers, cpus)
     log.info("%d usable CPUs, %d worker(s): %d ONNX Runtime threads per session", cpus, settings.workers, threads)
     encoder = ItemEncoder(bundle, metrics, settings.providers, threads, settings.max_image_pixels,
-                          settings.max_image_aspect_ratio)
+                          settings.max_image_aspect_ratio, settings.precision)
     encoder.warm_up()
     store_url = None if settings.store_url is None else settings.store_url.get_secret_value()
     store = open_store(store_url, settings.resolved_data_dir, settings.idempotency_ttl_s)

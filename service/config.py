@@ -11,6 +11,7 @@ from service.idempotency import DEFAULT_TTL_S as DEFAULT_IDEMPOTENCY_TTL_S
 from service.store.url import check_store_url
 
 DEFAULT_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+Precision = Literal["auto", "fp32", "fp16", "int8"]  # which bundle graphs are served (service.encoders)
 
 
 class Settings(BaseSettings):
@@ -57,6 +58,11 @@ class Settings(BaseSettings):
     )
     providers: Annotated[list[str], NoDecode] = Field(
         DEFAULT_PROVIDERS, description="ONNX Runtime providers in order of preference (comma-separated)"
+    )
+    precision: Precision = Field(
+        "auto", description="which bundle graphs to serve: fp16 (only on the CUDA provider; export --fp16), int8 "
+        "image and text encoders (for CPU; export --int8), fp32; auto = fp16 on CUDA, int8 on CPU, where the bundle "
+        "has them, else fp32"
     )
     intra_op_threads: int = Field(
         0, ge=0,

@@ -6,10 +6,14 @@ encoder (all views and chunks of the batch at once, then pooled per view) and th
 whose two outputs are the item vectors and the view weights; with the CLIP embeddings they make
 each item's packed encoding (`cliper.encoding`). `embed_text` and `embed_image` put a search
 query into the CLIP space.
+
+Which file serves each graph is the precision's choice (`graph_file`): the fp32 graphs, their fp16
+twins (only on the CUDA provider) or the encoders' int8 twins (for CPU); every twin takes and
+gives float32, so nothing else changes.
 """
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,15 +21,28 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from cliper.bundle import IMAGE_ENCODER, ITEM_TOWER, TEXT_ENCODER, BundleError, LoadedBundle
+from cliper.bundle import (
+    IMAGE_ENCODER,
+    ITEM_TOWER,
+    TEXT_ENCODER,
+    BundleError,
+    LoadedBundle,
+    fp16_variant,
+    int8_variant,
+)
 from cliper.encoding import ItemEncoding, encode_clip, unit
 from cliper.images import decode_image, preprocess
+from service.config import Precision
 from service.errors import BadInput
 from service.metrics import Metrics
 from cliper.tokenizer import TextTokenizer
 from service.text import item_prompts, text_feeds
 
 log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+INT8_GRAPHS = (IMAGE_ENCODER, TEXT_ENCODER)  # the item tower has no int8 twin: it is small
+
 
 def choose_providers(preference: Sequence[str]) -> list[str]:
     """The preferred ONNX Runtime providers this runtime has, in order; CPU when none is."""
@@ -36,6 +53,33 @@ def choose_providers(preference: Sequence[str]) -> list[str]:
         chosen = ["CPUExecutionProvider"]
     log.info("ONNX Runtime providers: %s (available: %s)", chosen, available)
     return chosen
+
+
+def graph_file(graph: str, precision: Precision, on_cuda: bool, files: Collection[str]) -> str:
+    """The bundle file that serves `graph` (an fp32 graph's name) at `precision`.
+
+    fp32: the graph itself. fp16: its fp16 twin, on the CUDA provider only. int8: the encoders'
+    int8 twins, the item tower in fp32. auto: the fp16 twin on CUDA, the int8 twin on CPU, where
+    the bundle (`files`) has one, else the graph itself. An explicit precision the bundle or the
+    provider cannot give is an error, not a quiet fallback.
+    """
+    if precision == "fp16" and not on_cuda:
+        raise BundleError(
+            "precision fp16 needs the CUDA provider, and ONNX Runtime runs on the CPU here: fp16 graphs are "
+            "for GPUs; set CLIPER_PRECISION to auto, fp32 or int8"
+        )
+    if precision == "auto":
+        twin = fp16_variant(graph) if on_cuda else int8_variant(graph)
+        return twin if twin in files else graph
+    if precision == "fp32" or (precision == "int8" and graph not in INT8_GRAPHS):
+        return graph
+    twin = fp16_variant(graph) if precision == "fp16" else int8_variant(graph)
+    if twin not in files:
+        raise BundleError(
+            f"precision {precision}: the bundle has no {twin}; export it with --{precision}, or set "
+            "CLIPER_PRECISION to auto or fp32"
+        )
+    return twin
 
 
 class OnnxModel:
@@ -90,6 +134,7 @@ class ItemEncoder:
         threads: int = 0,
         max_image_pixels: int = 40_000_000,
         max_image_aspect_ratio: float = 20.0,
+        precision: Precision = "auto",
     ) -> None:
         manifest = bundle.manifest
         self.manifest = manifest
@@ -99,11 +144,20 @@ class ItemEncoder:
         self.tokenizer = TextTokenizer.from_file(bundle.path(manifest.tokenizer.file), manifest.tokenizer)
         chosen = choose_providers(providers)
         text_inputs = ["input_ids", "attention_mask"] if manifest.tokenizer.uses_attention_mask else ["input_ids"]
-        self.image = OnnxModel(bundle.path(IMAGE_ENCODER), chosen, threads, ["pixel_values"])
-        self.text = OnnxModel(bundle.path(TEXT_ENCODER), chosen, threads, text_inputs)
+        tower_inputs = ["image_features", "text_view_features"]
+        # The fp32 tower (small) loads first: its session's providers say whether CUDA really
+        # runs, since ONNX Runtime falls back to the CPU when the CUDA provider cannot start.
+        self.tower = OnnxModel(bundle.path(ITEM_TOWER), chosen, threads, tower_inputs)
+        self.providers = self.tower.session.get_providers()
+        files = {graph: graph_file(graph, precision, CUDA in self.providers, manifest.files)
+                 for graph in (IMAGE_ENCODER, TEXT_ENCODER, ITEM_TOWER)}
+        self.graph_files = files
+        log.info("precision %s on %s: serving %s", precision, self.providers[0], list(files.values()))
+        self.image = OnnxModel(bundle.path(files[IMAGE_ENCODER]), chosen, threads, ["pixel_values"])
+        self.text = OnnxModel(bundle.path(files[TEXT_ENCODER]), chosen, threads, text_inputs)
         self._trim_padding = not isinstance(self.text.inputs["input_ids"][-1], int)
-        self.tower = OnnxModel(bundle.path(ITEM_TOWER), chosen, threads, ["image_features", "text_view_features"])
-        self.providers = self.image.session.get_providers()
+        if files[ITEM_TOWER] != ITEM_TOWER:
+            self.tower = OnnxModel(bundle.path(files[ITEM_TOWER]), chosen, threads, tower_inputs)
         n_views = len(manifest.views.view_names)
         self.image.check_dim("pixel_values", -1, manifest.preprocess.image_size)
         self.image.check_dim(None, -1, manifest.dims.image)
