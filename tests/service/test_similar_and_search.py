@@ -156,3 +156,15 @@ def test_bad_searches_are_4xx_saying_what_to_fix(client: TestClient, body: dict,
 def test_a_search_that_is_not_json_is_415(client: TestClient) -> None:
     response = client.post("/search", content=b"text=mug", headers={"content-type": "application/x-www-form-urlencoded"})
     assert response.status_code == 415 and "application/json" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"k": 0}, "greater than or equal to 1"),
+    ({"k": 1001}, "less than or equal to 1000"),
+    ({"filter": "colour:red"}, "colour"),
+    ({"filter": "brand"}, "field:value"),
+])
+def test_bad_similar_item_requests_are_422(client: TestClient, factory: FactoryBundle, params: dict,
+                                           message: str) -> None:
+    response = client.get(f"/items/{factory.items[0].item_id}/similar", params=params)
+    assert response.status_code == 422 and message in response.text
