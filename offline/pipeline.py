@@ -2,7 +2,9 @@
 
     OUT/clip/      the CLIP trained on the caption corpus (skipped with real pretrained weights)
     OUT/features/  CLIP features of every catalog item
-    OUT/train/     the evaluation run: trained to early stopping on a split, and measured
+    OUT/train/     the evaluation run: trained to early stopping on a split, and measured; the
+                   view fusion is chosen there on validation (`offline.train.fusion_grid`: the
+                   mean of the views and CLIPER attentions over tau, alpha and calibration)
     OUT/refit/     the served model: the same settings trained again on every interaction for
                    the epoch count evaluation chose; every catalog item and user is in it
     OUT/bundle/    the verified model bundle, exported from the refit
@@ -18,7 +20,8 @@ the stages before it (a stage that runs again gets a new run id, so everything a
 again too). The keys live in one state file rather than in the stage folders because the
 bundle folder is swapped in whole and checksummed. Profiles set the training lengths: `demo`
 (the default: a short CLIP training, sized for the synthetic shop on a laptop CPU, and the
-recommender trained to early stopping, capped at 300 epochs) and `fast` (a smoke run for tests).
+recommender trained to early stopping, capped at 300 epochs, once per fusion of the default
+grid, 13 runs) and `fast` (a smoke run for tests, two fusions).
 """
 
 import hashlib
@@ -43,6 +46,7 @@ from offline.data.catalog import load_catalog, resolve_views
 from offline.data.split import SplitConfig, SplitTooSparse
 from offline.export.bundle import ExportConfig, export_bundle
 from offline.export.verify import report, verify_bundle
+from offline.train.fusion_grid import VALIDATED, FusionGrid, label
 from offline.train.run import CHECKPOINT_FILE, METRICS_FILE, REFIT_EPOCHS_UNEVALUATED, RunConfig, refit_run, train_run
 
 STATE_FILE = "pipeline.json"
@@ -56,11 +60,13 @@ class Profile(StrictModel):
     clip_batch_size: int = Field(ge=2)  # small batches: more steps in few epochs
     train_epochs: int = Field(ge=1)
     patience: int = Field(ge=1)
+    fusion_grid: FusionGrid = Field(default_factory=FusionGrid)  # the fusions validation chooses among
 
 
 PROFILES = {
     "demo": Profile(clip_epochs=3, clip_batch_size=32, train_epochs=300, patience=10),
-    "fast": Profile(clip_epochs=1, clip_batch_size=32, train_epochs=3, patience=1),
+    "fast": Profile(clip_epochs=1, clip_batch_size=32, train_epochs=3, patience=1,
+                    fusion_grid=FusionGrid(taus=[0.5], alphas=[0.0, 1.0], calibration=[True])),
 }
 
 
@@ -228,6 +234,8 @@ class Pipeline:
             features=self.out / "features",
             split=self.cfg.split,
             model=self.cfg.backbone,
+            content_mode=VALIDATED,
+            fusion_grid=self.profile.fusion_grid,
             epochs=self.profile.train_epochs,
             patience=self.profile.patience,
             out=self.out / "train",
@@ -247,7 +255,9 @@ class Pipeline:
                 )
                 return {"skipped": str(exc), "detail": "(skipped: the data cannot support an evaluation)"}
             recall, epoch = metrics["test"]["recall@20"], metrics["best_epoch"]
-            return {"detail": f"(warm test recall@20 {recall:.4f}, best epoch {epoch} of {metrics['epochs_run']})"}
+            fusion = f"fusion {label(metrics['fusion_choice']['chosen'])}, " if "fusion_choice" in metrics else ""
+            return {"detail": f"({fusion}warm test recall@20 {recall:.4f}, best epoch {epoch} of "
+                              f"{metrics['epochs_run']})"}
 
         folder = self.out / "train"
         outputs = (folder / CHECKPOINT_FILE, folder / METRICS_FILE, folder / "config.yaml")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from cliper.images import preprocess_batch
 from cliper.views import chunk_prompts
-from offline.clip.alignment import image_to_text_recall, view_attention
+from offline.clip.alignment import image_to_text_recall, planted_lies, view_attention, weight_summary
 from offline.clip.model import ClipHandle, ClipSpec, read_clip_spec
 from offline.config import ConfigError, StrictModel
 from offline.data.catalog import Catalog, CatalogError
@@ -39,6 +39,7 @@ ITEMS_JSON = "items.json"
 ALIGNMENT_JSON = "alignment.json"
 FORMAT_VERSION = 1  # bump when the outputs change for the same inputs
 ATTENTION_TAU = 0.2  # CLIPER's temperature, for the alignment report
+CALIBRATED_TAU = 1.0  # the calibrated attention's temperature in the report
 
 
 class FeaturesConfig(StrictModel):
@@ -204,17 +205,26 @@ def write_mmrec(folder: Path, catalog: Catalog, features: Features, split_cfg: S
     return {"inter": inter.name, "items": split.n_warm_items, "users": split.n_users}
 
 
-def alignment_report(features: Features) -> dict[str, Any]:
+def alignment_report(
+    features: Features, lies: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+) -> dict[str, Any]:
     """Per view: image-to-text Recall@1/5 over the catalog (distinct texts as the gallery) and
-    CLIPER's untrained view weight (softmax over views of cos / 0.2), mean and std over items."""
+    CLIPER's untrained view weight (softmax over views of cos / 0.2), mean and std over items;
+    `attention` and `calibrated` (z-scored cosines, tau 1): `weight_summary`, with the lying and
+    truthful items of a synthetic world (`lies`, from `planted_lies`)."""
+    views = features.meta["views"]
     weights = view_attention(features.text_views, features.image, ATTENTION_TAU)
+    calibrated = view_attention(features.text_views, features.image, CALIBRATED_TAU, calibrated=True)
+    summaries = {"attention": weight_summary(weights.T, views, lies),
+                 "calibrated": weight_summary(calibrated.T, views, lies)}
     report: dict[str, Any] = {}
-    for v, name in enumerate(features.meta["views"]):
+    for v, name in enumerate(views):
         texts, target = np.unique(features.text_views[v], axis=0, return_inverse=True)
         report[name] = {
             **image_to_text_recall(features.image, texts, target.reshape(-1)),
             "attention_mean": float(weights[v].mean()),
             "attention_std": float(weights[v].std()),
+            **{key: summary[name] for key, summary in summaries.items()},
         }
     return report
 
@@ -235,7 +245,7 @@ def run_features(
         features.meta["seconds"] = round(time.perf_counter() - start, 2)
         features.meta["mmrec"] = write_mmrec(folder / MMREC_DIR, catalog, features, cfg.split)
         features.save(folder)
-    report = alignment_report(features)
+    report = alignment_report(features, planted_lies(catalog.root, features.meta["item_ids"], features.meta["views"]))
     (folder / ALIGNMENT_JSON).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     return features, report, reused
 

@@ -22,7 +22,8 @@ def command(
     config: Annotated[Path | None, typer.Option(help="YAML of FeaturesConfig fields")] = None,
 ) -> None:
     """Encode every item's view prompts (global last) and image; cached by input and model."""
-    from offline.clip.features import FeaturesConfig, resolve_clip, run_features
+    from offline.clip.alignment import format_weight_summary
+    from offline.clip.features import ATTENTION_TAU, CALIBRATED_TAU, FeaturesConfig, resolve_clip, run_features
     from offline.clip.model import load_clip, resolve_device
     from offline.config import load_config
     from offline.data.catalog import load_catalog
@@ -42,9 +43,10 @@ def command(
         f"{meta['chunked_items']} items with chunked text {meta['chunked_by_view']}; "
         f"{len(meta['bad_images'])} bad images"
     )
-    typer.echo(f"{'view':<14}{'R@1':>7}{'R@5':>7}{'chance@1':>10}{'texts':>7}{'weight':>8}{'std':>7}")
+    typer.echo(f"{'view':<14}{'R@1':>7}{'R@5':>7}{'chance@1':>10}{'texts':>7}")
     for view, row in report.items():
-        typer.echo(
-            f"{view:<14}{row['r1']:>7.3f}{row['r5']:>7.3f}{row['chance_r1']:>10.4f}{row['texts']:>7}"
-            f"{row['attention_mean']:>8.3f}{row['attention_std']:>7.3f}"
-        )
+        typer.echo(f"{view:<14}{row['r1']:>7.3f}{row['r5']:>7.3f}{row['chance_r1']:>10.4f}{row['texts']:>7}")
+    for key, title in (("attention", f"untrained view weights, attention (tau {ATTENTION_TAU})"),
+                       ("calibrated", f"untrained view weights, calibrated attention (tau {CALIBRATED_TAU})")):
+        for line in format_weight_summary({view: row[key] for view, row in report.items()}, title):
+            typer.echo(line)

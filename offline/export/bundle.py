@@ -45,9 +45,9 @@ from offline.data.images import ImageLoader
 from offline.data.split import SplitData
 from offline.export.onnx_export import convert_to_fp16, export_clip_encoders, export_item_tower, quantize_to_int8
 from offline.export.tokenizer import export_tokenizer
-from offline.fusion import ATTENTION_MODES
 from offline.models import ContentFeatures, InteractionGraph, ModelSpec, Recommender
 from offline.train.evaluate import model_vectors
+from offline.train.fusion_grid import fusion_manifest
 from offline.train.run import CHECKPOINT_FILE, RunConfig, load_content
 from offline.train.trainer import load_checkpoint
 
@@ -188,7 +188,7 @@ def export_bundle(run_dir: Path, out: Path, cfg: ExportConfig, clip_spec: ClipSp
         fields = {
             "git_commit": git_commit(),
             "backbone": run.spec.name,
-            "fusion": fusion_record(run.spec),
+            "fusion": fusion_record(run),
             "dims": Dims(image=run.content.image_dim, text=run.content.text_dim, item=items.shape[1]),
             "clip": run.features_meta["clip"],
             "views": run.views,
@@ -283,9 +283,10 @@ def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
     return flat
 
 
-def fusion_record(spec: ModelSpec) -> Fusion:
-    """The manifest's record of the run's fusion; a temperature only where attention uses one."""
-    return Fusion(mode=spec.content_mode, tau=spec.tau if spec.content_mode in ATTENTION_MODES else None)
+def fusion_record(run: TrainedRun) -> Fusion:
+    """The manifest's record of the run's fusion: tau, alpha and cosine statistics where the
+    fusion uses them, and the grid validation chose it among (`fusion_manifest`)."""
+    return fusion_manifest(run.model, run.spec, run.metrics)
 
 
 def git_commit() -> str | None:

@@ -149,7 +149,7 @@ class Verifier:
             users, items = (vectors.numpy() for vectors in model_vectors(run.model))
         expected = {
             "backbone": spec.name,
-            "fusion": fusion_record(spec),
+            "fusion": fusion_record(run),
             "dims": Dims(image=run.content.image_dim, text=run.content.text_dim, item=users.shape[1]),
             "views": run.views,
             "clip": run.features_meta["clip"],

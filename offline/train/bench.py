@@ -3,6 +3,9 @@ a per-view ablation of the best multi-modal backbone, and a report (`bench.md`, 
 `valid_recall.png`) that names the machine it ran on.
 
 The split is fixed (its own seed); the bench seeds vary model initialisation and sampling.
+The mode `validated` runs, per multi-modal backbone and seed, every fusion of `fusion_grid`
+(`offline.train.fusion_grid`; each recorded with the label `grid <fusion>`) and records the one
+validation chose under the label `validated`.
 """
 
 import json
@@ -11,7 +14,7 @@ import platform
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -21,8 +24,16 @@ from offline.config import StrictModel
 from offline.data.catalog import load_catalog
 from offline.data.split import SplitConfig, SplitData, split_catalog
 from offline.models import MODELS, ContentFeatures, ModelSpec
-from offline.models.content import ID_ONLY, ContentMode
-from offline.train.run import Experiment, device_name, load_content, popularity_metrics, run_experiment
+from offline.models.content_encoder import ID_ONLY, ContentMode
+from offline.train.fusion_grid import VALIDATED, FusionGrid, describe, label
+from offline.train.run import (
+    Experiment,
+    choose_fusion,
+    device_name,
+    load_content,
+    popularity_metrics,
+    run_experiment,
+)
 from offline.train.trainer import TrainConfig
 
 DEFAULT_MODELS = ["freedom", "bm3", "vbpr", "lightgcn", "bpr"]
@@ -46,9 +57,10 @@ class BenchConfig(StrictModel):
     out: Path
     views: str | None = None
     models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS))
-    modes: list[ContentMode] = Field(default_factory=lambda: list(DEFAULT_MODES))
+    modes: list[ContentMode | Literal["validated"]] = Field(default_factory=lambda: list(DEFAULT_MODES))
     seeds: int = Field(default=3, ge=1)
     tau: float = Field(default=0.2, gt=0)
+    fusion_grid: FusionGrid = Field(default_factory=FusionGrid, description="the fusions `validated` chooses among")
     split: SplitConfig = Field(default_factory=SplitConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     ablation: bool = True
@@ -56,17 +68,18 @@ class BenchConfig(StrictModel):
 
 def grid(models: list[str], modes: list[str], content: ContentFeatures | None, tau: float) -> list[ModelSpec]:
     """Every usable (backbone, mode): ID-only backbones with `none`, multi-modal ones with the
-    other modes (`global` only when the features have a global view)."""
+    other modes (`global` only when the features have a global view; `validated`, which trains a
+    grid of its own, is left out: `Bench.run_validated`)."""
     specs = []
     for name in models:
         multimodal = ModelSpec(name=name, content_mode=ID_ONLY).model_class().multimodal
         for mode in modes:
-            if multimodal == (mode == ID_ONLY):
+            if multimodal == (mode == ID_ONLY) or mode == VALIDATED:
                 continue
             if mode == "global" and (content is None or not content.has_global):
                 continue
             specs.append(ModelSpec(name=name, content_mode=mode, tau=tau))
-    if not specs:
+    if not specs and VALIDATED not in modes:
         raise ValueError(f"no usable (model, mode) pair in models {models} x modes {modes}")
     return specs
 
@@ -206,6 +219,20 @@ class Bench:
     def run_grid(self) -> None:
         specs = grid(self.cfg.models, self.cfg.modes, self.content, self.cfg.tau)
         self._run([(spec, self.content, spec.content_mode) for spec in specs], "bench grid")
+        if VALIDATED in self.cfg.modes:
+            self.run_validated()
+
+    def run_validated(self) -> None:
+        """Per multi-modal backbone and seed: every fusion of the grid, and the one validation chose."""
+        for name in (name for name in self.cfg.models if MODELS[name].multimodal):
+            base = ModelSpec(name=name, tau=self.cfg.tau)
+            for seed in tqdm(range(self.cfg.seeds), desc=f"validated fusion ({name})"):
+                choice = choose_fusion(
+                    self.split, self.content, base, self.cfg.train, seed, self.cfg.fusion_grid, progress=False,
+                    on_experiment=lambda e: self.records.append(run_record(e, f"grid {label(describe(e.spec))}")),
+                )
+                record = run_record(choice.experiment, VALIDATED)
+                self.records.append({**record, "content_mode": VALIDATED, "chosen": describe(choice.experiment.spec)})
 
     def best_multimodal(self) -> str | None:
         rows = [row for row in summarise(self.records) if MODELS[row["model"]].multimodal]
@@ -286,6 +313,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{new_users['recall@20']:.4f}, NDCG@20 {new_users['ndcg@20']:.4f}.",
             "",
         ]
+    chosen = [run for run in report["runs"] if run["label"] == VALIDATED]
+    if chosen:
+        picks = "; ".join(f"{run['model']} seed {run['seed']}: {label(run['chosen'])}" for run in chosen)
+        lines += [f"Fusions validation chose (`validated`, best validation Recall@20 of the `grid` rows): {picks}.", ""]
     if report["ablation_rows"]:
         lines += [
             f"## Per-view ablation: {report['ablation_model']} with attention fusion, one view left out",

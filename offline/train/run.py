@@ -11,27 +11,37 @@ epoch: loss, valid recall@20, seconds), `config.yaml` (this run's settings) and 
 `cold` (new items: `all` / `cold_only`), `all_items` (warm users' test and new items among
 every item), `cold_map` with
 the cold map's chosen ridge strength and scale, `view_prior` with the learned per-view bias of an
-`attention_prior` fusion, and the popularity baseline (with `new_users`: popularity is what
-users with no training interaction get). A refit's metrics hold `refit: true` and
-the `evaluation` it was chosen by (or why there was none).
+`attention_prior` fusion, `view_weights` (per view: the mean weight over the split's items and
+the share below half the uniform weight; on a synthetic world also over the items whose field
+lies and those whose field is truthful), and the popularity baseline (with `new_users`:
+popularity is what users with no training interaction get). A run with content mode
+`validated` (`offline.train.fusion_grid`) trains every fusion of its grid and keeps the best on
+validation: its metrics are the chosen model's, with `fusion_choice` (the choice and every
+cell's validation Recall@20), and its `config.yaml` names the chosen fusion. A refit's metrics
+hold `refit: true`, the `evaluation` it was chosen by (or why there was none) and the
+`fusion_choice` it took from it.
 """
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
 from pydantic import Field
 
+from offline.clip.alignment import planted_lies, weight_summary
 from offline.config import ConfigError, read_yaml
 from offline.data.catalog import load_catalog
 from offline.data.split import SplitConfig, SplitData, split_catalog
 from offline.models import MODELS, ContentFeatures, InteractionGraph, ModelSpec, Recommender
-from offline.models.content import ID_ONLY, ContentMode, ContentRecommender
-from offline.train.evaluate import Evaluator, model_vectors, popularity_vectors
+from offline.models.content import ContentRecommender
+from offline.models.content_encoder import ID_ONLY, ContentMode
+from offline.train.evaluate import VALID_METRIC, Evaluator, model_vectors, popularity_vectors
+from offline.train.fusion_grid import ALPHA, VALIDATED, FusionGrid, describe, from_description
 from offline.train.trainer import Checkpoint, FitResult, TrainConfig, train_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -49,17 +59,35 @@ class RunConfig(TrainConfig):
     split: SplitConfig = Field(default_factory=SplitConfig)
     model: str = "freedom"
     model_overrides: dict[str, Any] = Field(default_factory=dict, description="hyper-parameters over the model's YAML")
-    content_mode: ContentMode | None = Field(default=None, description="default: attention, or none for ID-only models")
+    content_mode: ContentMode | Literal["validated"] | None = Field(
+        default=None,
+        description="default: attention, or none for ID-only models; `validated`: the best fusion of "
+        "`fusion_grid` on validation",
+    )
     tau: float = Field(default=0.2, gt=0)
+    fusion_grid: FusionGrid = Field(default_factory=FusionGrid, description="the fusions `validated` chooses among")
     drop_views: list[str] = Field(default_factory=list, description="text views left out (ablation)")
     seed: int = 2024
     out: Path = Path("runs/train")
 
     def model_spec(self) -> ModelSpec:
+        """The model to train; with `validated`, the base whose fusion the grid replaces."""
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
-        mode = self.content_mode or ("attention" if MODELS[self.model].multimodal else ID_ONLY)
+        mode = self.content_mode if self.content_mode not in (None, VALIDATED) else None
+        mode = mode or ("attention" if MODELS[self.model].multimodal else ID_ONLY)
         return ModelSpec(name=self.model, content_mode=mode, tau=self.tau, hparams=self.model_overrides).check()
+
+    @property
+    def validates_fusion(self) -> bool:
+        return self.content_mode == VALIDATED
+
+    def with_fusion(self, spec: ModelSpec) -> "RunConfig":
+        """These settings with `spec`'s fusion: its content mode, tau and alpha."""
+        overrides = {key: value for key, value in self.model_overrides.items() if key != ALPHA}
+        overrides.update({key: value for key, value in spec.hparams.items() if key == ALPHA})
+        update = {"content_mode": spec.content_mode, "tau": spec.tau, "model_overrides": overrides}
+        return self.model_copy(update=update)
 
     @classmethod
     def from_yaml(cls, path: Path, **overrides: Any) -> "RunConfig":
@@ -133,6 +161,59 @@ def run_experiment(
     return Experiment(spec, seed, model, fit, metrics, time.perf_counter() - started)
 
 
+@dataclass
+class FusionChoice:
+    """The fusion validation chose: its trained experiment, and every cell of the grid."""
+
+    experiment: Experiment
+    grid: list[dict[str, Any]]
+
+    def record(self) -> dict[str, Any]:
+        """`metrics.json`'s `fusion_choice`."""
+        return {"metric": VALID_METRIC, "chosen": describe(self.experiment.spec), "grid": self.grid}
+
+
+def choose_fusion(
+    split: SplitData,
+    content: ContentFeatures,
+    base: ModelSpec,
+    config: TrainConfig,
+    seed: int,
+    grid: FusionGrid,
+    progress: bool = True,
+    on_experiment: Callable[[Experiment], None] | None = None,
+) -> FusionChoice:
+    """Train `base` with every fusion of `grid` (each to early stopping on validation) and keep
+    the one with the best validation Recall@20 (the first on a tie: the mean). `on_experiment`
+    sees every trained cell (a benchmark records them); only the best model is kept."""
+    if not split.evaluable:
+        raise ConfigError("choosing the fusion on validation needs a split with a validation part")
+    best: Experiment | None = None
+    cells = []
+    for spec in grid.candidates(base):
+        experiment = run_experiment(split, content, spec, config, seed, progress=progress)
+        if on_experiment is not None:
+            on_experiment(experiment)
+        score = experiment.fit.best_valid[VALID_METRIC]
+        cells.append({**describe(spec), f"valid_{VALID_METRIC}": score, "best_epoch": experiment.fit.best_epoch})
+        if best is None or score > best.fit.best_valid[VALID_METRIC]:
+            best = experiment
+    chosen = describe(best.spec)
+    for cell in cells:
+        cell["chosen"] = {key: cell[key] for key in chosen} == chosen
+    return FusionChoice(best, cells)
+
+
+def view_weight_diagnostics(model: Recommender, content: ContentFeatures, data: Path, item_ids: list[str]) -> dict:
+    """`weight_summary` of the model's view weights over every item of the split, with the
+    planted lies of a synthetic world; empty for an ID-only model."""
+    if not isinstance(model, ContentRecommender):
+        return {}
+    with torch.no_grad():
+        weights = model.content_view_weights(model.image_features, model.text_view_features).cpu().numpy()
+    return weight_summary(weights, content.views, planted_lies(data, item_ids, content.views))
+
+
 def popularity_metrics(split: SplitData, batch_size: int = 4096) -> dict[str, dict[str, float]]:
     """Ranking by training popularity: valid and test (warm items), all items, and new users
     (for whom it is what the service serves; None without new users)."""
@@ -161,11 +242,21 @@ def train_run(cfg: RunConfig, progress: bool = True, extra: dict[str, Any] | Non
     split = split_catalog(load_catalog(cfg.data, views=cfg.views), cfg.split)
     split.save(out / "split")
     content = load_content(cfg.features, split, cfg.drop_views) if spec.model_class().multimodal else None
-    experiment = run_experiment(split, content, spec, cfg, cfg.seed, out / CHECKPOINT_FILE, progress)
+    choice: dict[str, Any] = {}
+    if cfg.validates_fusion and spec.model_class().multimodal:
+        chosen = choose_fusion(split, content, spec, cfg, cfg.seed, cfg.fusion_grid, progress)
+        experiment = chosen.experiment
+        fit = experiment.fit
+        Checkpoint(out / CHECKPOINT_FILE, experiment.spec).save(experiment.model, fit.best_epoch, fit.best_valid)
+        choice = {"fusion_choice": chosen.record()}
+    else:
+        experiment = run_experiment(split, content, spec, cfg, cfg.seed, out / CHECKPOINT_FILE, progress)
+    spec = experiment.spec
     metrics = {
         "model": spec.name,
         "content_mode": spec.content_mode,
         "tau": spec.tau,
+        "alpha": describe(spec)["alpha"],
         "views": list(content.views) if content is not None else [],
         "seed": cfg.seed,
         "device": device_name(cfg),
@@ -175,13 +266,15 @@ def train_run(cfg: RunConfig, progress: bool = True, extra: dict[str, Any] | Non
         "train_seconds": round(experiment.fit.seconds, 2),
         "seconds_per_epoch": round(experiment.fit.seconds / experiment.fit.epochs_run, 3),
         **experiment.metrics,
+        "view_weights": view_weight_diagnostics(experiment.model, content, cfg.data, split.item_ids),
+        **choice,
         **({"popularity": popularity_metrics(split, cfg.eval_batch_size)} if split.evaluable else {}),
         **(extra or {}),
     }
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     (out / "history.json").write_text(json.dumps(experiment.fit.history_dicts(), indent=2), encoding="utf-8")
     absolute = {key: Path(getattr(cfg, key)).resolve() for key in PATH_FIELDS if getattr(cfg, key) is not None}
-    resolved = cfg.model_copy(update={"content_mode": spec.content_mode, **absolute}).model_dump(mode="json")
+    resolved = cfg.with_fusion(spec).model_copy(update=absolute).model_dump(mode="json")
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
     return metrics
 
@@ -193,11 +286,21 @@ def refit_run(
 
     `evaluation` is the evaluation run's metrics (its best epoch sets the length), or the
     reason there is none (then `REFIT_EPOCHS_UNEVALUATED` epochs). Its metrics are recorded
-    under `evaluation`, so a bundle exported from the refit carries them.
+    under `evaluation`, so a bundle exported from the refit carries them. With content mode
+    `validated` the refit takes the fusion the evaluation chose (the paper's attention when
+    there was no evaluation).
     """
     evaluated = isinstance(evaluation, dict)
     epochs = evaluation["best_epoch"] if evaluated else REFIT_EPOCHS_UNEVALUATED
     split = cfg.split.model_copy(update={"method": "none", "k_core": None, "cold_item_ratio": None})
     refit = cfg.model_copy(update={"split": split, "epochs": epochs, "out": Path(out)})
     record = {"refit": True, "evaluation": evaluation if evaluated else {"skipped": evaluation}}
+    if cfg.validates_fusion:
+        choice = evaluation.get("fusion_choice") if evaluated else None
+        if choice is None:
+            refit = refit.model_copy(update={"content_mode": None})
+            record["fusion_choice"] = {"skipped": "no evaluation chose a fusion: the paper's attention"}
+        else:
+            refit = refit.with_fusion(from_description(choice["chosen"], cfg.model_spec()))
+            record["fusion_choice"] = choice
     return train_run(refit, progress, record)

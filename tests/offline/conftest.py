@@ -74,3 +74,14 @@ def tiny_run(synth_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     from tiny_run import train_tiny_run
 
     return train_tiny_run(synth_world, tmp_path_factory.mktemp("tiny_run"))
+
+
+CALIBRATED = {"content_mode": "attention_calibrated", "tau": 0.5, "model_overrides": {"view_alpha": 0.5}}
+
+
+@pytest.fixture(scope="session")
+def calibrated_run(synth_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like `tiny_run`, with calibrated attention (tau 0.5) mixed half and half with uniform weights."""
+    from tiny_run import train_tiny_run
+
+    return train_tiny_run(synth_world, tmp_path_factory.mktemp("calibrated_run"), **CALIBRATED)

@@ -132,3 +132,70 @@ def test_exports_to_onnx(mode: str, batch: tuple[torch.Tensor, torch.Tensor], tm
     feed = {"text_views": more_views.numpy(), "image": more_images.numpy()}
     (fused,) = session.run(None, {name: feed[name] for name in names})
     np.testing.assert_allclose(fused, fusion(more_views, more_images).detach().numpy(), atol=1e-5)
+
+
+def _numpy_cosines(views: torch.Tensor, image: torch.Tensor) -> np.ndarray:
+    v, i = views.double().numpy(), image.double().numpy()
+    v = v / np.linalg.norm(v, axis=-1, keepdims=True)
+    i = i / np.linalg.norm(i, axis=-1, keepdims=True)
+    return np.einsum("bvd,bd->bv", v, i)
+
+
+def _numpy_softmax(logits: np.ndarray) -> np.ndarray:
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def test_calibrated_attention_standardises_each_views_cosine_over_the_fitted_items() -> None:
+    """z-score per view with the catalog's statistics, then the softmax at tau."""
+    generator = torch.Generator().manual_seed(5)
+    catalog_views, catalog_image = torch.randn(50, V, D, generator=generator), torch.randn(50, D, generator=generator)
+    catalog_views[:, 1] += 2 * catalog_image  # view 1 agrees with every picture: a high level of its own
+    fusion = ViewFusion("attention_calibrated", V, D, D, tau=0.7)
+    fusion.fit_cosine_statistics(catalog_views, catalog_image)
+    cosine = _numpy_cosines(catalog_views, catalog_image)
+    np.testing.assert_allclose(fusion.view_cosine_mean.numpy(), cosine.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(fusion.view_cosine_std.numpy(), cosine.std(axis=0), atol=1e-6)
+    new_views, new_image = torch.randn(7, V, D, generator=generator), torch.randn(7, D, generator=generator)
+    z = (_numpy_cosines(new_views, new_image) - cosine.mean(axis=0)) / cosine.std(axis=0)
+    np.testing.assert_allclose(fusion.view_weights(new_views, new_image).numpy(), _numpy_softmax(z / 0.7), atol=1e-6)
+    # the plain attention favours the view with the high level on the catalog; the calibrated one does not
+    plain = ViewFusion("attention", V, D, D, tau=0.7).view_weights(catalog_views, catalog_image)
+    calibrated = fusion.view_weights(catalog_views, catalog_image)
+    assert plain[:, 1].mean() > 0.5 and calibrated[:, 1].mean() < 0.5
+
+
+@pytest.mark.parametrize("mode", ["attention", "attention_calibrated"])
+def test_alpha_mixes_attention_with_uniform_weights(mode: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    views, image = batch
+    attention = ViewFusion(mode, V, D, D, tau=0.3).view_weights(views, image)
+    mixed = ViewFusion(mode, V, D, D, tau=0.3, alpha=0.4).view_weights(views, image)
+    torch.testing.assert_close(mixed, 0.4 * attention + 0.6 / V)
+
+
+@pytest.mark.parametrize("mode", ["attention", "attention_calibrated"])
+def test_alpha_zero_is_exactly_the_mean(mode: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    views, image = batch
+    fusion = ViewFusion(mode, V, D, D, tau=0.1, alpha=0.0)
+    mean = ViewFusion("mean", V, D, D)
+    assert torch.equal(fusion.view_weights(views, image), mean.view_weights(views, image))
+    assert torch.equal(fusion(views, image), mean(views, image))
+
+
+def test_bad_alpha_is_rejected() -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        ViewFusion("attention", V, D, D, alpha=1.5)
+    with pytest.raises(ValueError, match="standardises"):
+        ViewFusion("attention", V, D, D).fit_cosine_statistics(torch.randn(3, V, D), torch.randn(3, D))
+
+
+def test_calibrated_attention_exports_with_its_statistics(batch: tuple[torch.Tensor, torch.Tensor], tmp_path) -> None:
+    views, image = batch
+    fusion = ViewFusion("attention_calibrated", V, D, D, tau=0.5, alpha=0.5).eval()
+    fusion.fit_cosine_statistics(views, image)
+    path = tmp_path / "fusion.onnx"
+    torch.onnx.export(fusion, (views, image), str(path), input_names=["text_views", "image"],
+                      dynamic_axes={"text_views": {0: "b"}, "image": {0: "b"}}, dynamo=False)
+    more_views, more_images = torch.randn(3, V, D), torch.randn(3, D)
+    (fused,) = ort.InferenceSession(str(path)).run(None, {"text_views": more_views.numpy(), "image": more_images.numpy()})
+    np.testing.assert_allclose(fused, fusion(more_views, more_images).detach().numpy(), atol=1e-5)

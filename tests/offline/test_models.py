@@ -358,3 +358,37 @@ def test_cold_map_reads_other_modalities_as_they_are(mode, content) -> None:
     for mapped, modality in zip(encoder.map_input(image, views), encoder(image, views), strict=True):
         torch.testing.assert_close(mapped, modality)
     assert encoder.map_dims == encoder.modality_dims
+
+
+@pytest.mark.parametrize("name", ["freedom", "vbpr"])
+def test_alpha_zero_reproduces_the_mean_exactly(name, split, content) -> None:
+    """Attention mixed with alpha = 0 is the mean of the views: the same fused feature, and
+    after the same training the same item vectors, warm and cold, bit for bit (issue 18)."""
+    config = TrainConfig(epochs=3, patience=3, batch_size=256, device="cpu")
+    graph = InteractionGraph.from_split(split)
+    models = {}
+    for mode in ("mean", "attention", "attention_calibrated"):
+        alpha = {} if mode == "mean" else {"view_alpha": 0.0}
+        spec = ModelSpec(name=name, content_mode=mode, tau=0.1, hparams={"learning_rate": 0.01, **alpha})
+        models[mode], _ = train_model(spec, graph, content, Evaluator(split), config, seed=0, progress=False)
+    mean = models.pop("mean")
+    with torch.no_grad():
+        for model in models.values():
+            assert all(torch.equal(a, b) for a, b in zip(model.item_content(), mean.item_content(), strict=True))
+            assert torch.equal(model.item_vectors(), mean.item_vectors())
+            cold = torch.from_numpy(graph.cold_items)
+            assert torch.equal(model.content_view_weights(content.image[cold], content.text_views[cold]),
+                               mean.content_view_weights(content.image[cold], content.text_views[cold]))
+
+
+def test_calibrated_statistics_come_from_the_training_items(graph, content) -> None:
+    model = build_model(ModelSpec(name="freedom", content_mode="attention_calibrated"), graph, content)
+    warm = graph.warm_items
+    views = content.text_views.numpy()[warm]
+    image = content.image.numpy()[warm]
+    cosine = np.einsum("bvd,bd->bv", views / np.linalg.norm(views, axis=-1, keepdims=True),
+                       image / np.linalg.norm(image, axis=-1, keepdims=True))
+    fusion = model.encoder.fusion
+    np.testing.assert_allclose(fusion.view_cosine_mean.numpy(), cosine.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(fusion.view_cosine_std.numpy(), cosine.std(axis=0), atol=1e-6)
+    assert {"encoder.fusion.view_cosine_mean", "encoder.fusion.view_cosine_std"} <= model.state_dict().keys()

@@ -38,6 +38,22 @@ def test_first_run_runs_every_stage_and_leaves_a_verified_bundle(first_run) -> N
     assert list(state) == STAGES and state["verify"]["detail"] == "(11 checks passed)"
 
 
+def test_the_fusion_is_chosen_on_validation_and_served(first_run) -> None:
+    """Issue 18: the evaluation trains every fusion of the profile's grid (fast: the mean and a
+    calibrated attention), the refit and the bundle take the best on validation, and the
+    manifest records the grid."""
+    out, _ = first_run
+    choice = json.loads((out / "train" / "metrics.json").read_text())["fusion_choice"]
+    assert [cell["mode"] for cell in choice["grid"]] == ["mean", "attention_calibrated"]
+    best = max(choice["grid"], key=lambda cell: cell["valid_recall@20"])
+    assert choice["chosen"] == {key: best[key] for key in ("mode", "tau", "alpha")}
+    assert json.loads((out / "refit" / "metrics.json").read_text())["content_mode"] == best["mode"]
+    fusion = read_bundle(out / "bundle").manifest.fusion
+    assert fusion.mode == best["mode"] and [cell.valid_recall_at_20 for cell in fusion.grid] == [
+        cell["valid_recall@20"] for cell in choice["grid"]
+    ]
+
+
 def test_unchanged_inputs_reuse_every_stage(first_run, synth_world: Path) -> None:
     out, _ = first_run
     version = read_bundle(out / "bundle").manifest.bundle_version
@@ -151,4 +167,6 @@ def test_a_catalog_that_cannot_be_evaluated_still_exports_and_says_why(synth_wor
     assert any("[evaluate] not possible on this data: no interactions survive the 5-core filter" in line
                for line in said)
     _assert_serves_the_whole_catalog(catalog, out)
-    assert "evaluation/test/recall@20" not in read_bundle(out / "bundle").manifest.metrics
+    manifest = read_bundle(out / "bundle").manifest
+    assert "evaluation/test/recall@20" not in manifest.metrics
+    assert manifest.fusion.mode == "attention" and manifest.fusion.grid is None  # no validation to choose on
