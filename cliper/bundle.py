@@ -4,6 +4,16 @@
 swaps it into place, so a reader never sees half a bundle. `read_bundle` checks the format
 version and the checksums and says which file is wrong. The FAISS index is built here too
 (`build_index`), so its factory string and measured recall land in the manifest.
+
+`read_bundle` memory-maps the big read-only parts instead of copying them into the process: the
+arrays (`np.load(mmap_mode="r")`), both FAISS indexes (`faiss.IO_FLAG_MMAP_IFC`: the vectors of
+Flat and HNSW indexes, HNSW's neighbour lists and IVF's inverted lists stay in the file), the ids
+(`cliper.ids`) and the item fields (`cliper.item_fields`). The worker processes of a host then
+share one copy through the page cache, a start-up reads only what it checks, and nothing is
+built per user or per item. A bundle's files are never changed in place (`write_bundle` swaps a
+whole new folder in), which is what makes mapping them safe; whatever the reader gets is
+read-only (numpy refuses writes, and FAISS aborts the process on a change to a mapped index:
+`service.index` never changes the bundle's).
 """
 
 import hashlib
@@ -23,6 +33,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from cliper.encoding import search_vectors, unit
+from cliper.ids import IdError, IdMap, order_path, write_ids
+from cliper.item_fields import ItemFieldRows, ItemFieldsError, write_item_fields
 from cliper.manifest import FORMAT_VERSION, GENERATED_FIELDS, MANIFEST_FILE, IndexSpec, Manifest
 from cliper.thumbnails import THUMBNAIL_OFFSETS, THUMBNAILS, Thumbnails, write_thumbnails
 
@@ -30,10 +42,11 @@ IMAGE_ENCODER = "image_encoder.onnx"
 TEXT_ENCODER = "text_encoder.onnx"
 ITEM_TOWER = "item_tower.onnx"
 USER_VECTORS = "user_vectors.npy"
-USER_IDS = "user_ids.json"
+USER_IDS = "user_ids.npy"
 ITEM_VECTORS = "item_vectors.npy"
-ITEM_IDS = "item_ids.json"
-SEEN = "seen.npz"
+ITEM_IDS = "item_ids.npy"
+SEEN_INDPTR = "seen_indptr.npy"
+SEEN_INDICES = "seen_indices.npy"
 POPULARITY = "popularity.npy"
 INDEX = "index.faiss"
 ITEM_FIELDS = "item_fields.json"
@@ -41,8 +54,9 @@ CLIP_IMAGE = "clip_image.npy"
 CLIP_TEXT = "clip_text.npy"
 VIEW_WEIGHTS = "view_weights.npy"
 CLIP_INDEX = "clip_index.faiss"
-_REQUIRED_FILES = {IMAGE_ENCODER, TEXT_ENCODER, ITEM_TOWER, USER_VECTORS, USER_IDS, ITEM_VECTORS, ITEM_IDS,
-                   SEEN, POPULARITY, INDEX, ITEM_FIELDS, CLIP_IMAGE, CLIP_TEXT, VIEW_WEIGHTS, CLIP_INDEX}
+_REQUIRED_FILES = {IMAGE_ENCODER, TEXT_ENCODER, ITEM_TOWER, USER_VECTORS, USER_IDS, order_path(Path(USER_IDS)).name,
+                   ITEM_VECTORS, ITEM_IDS, order_path(Path(ITEM_IDS)).name, SEEN_INDPTR, SEEN_INDICES, POPULARITY,
+                   INDEX, ITEM_FIELDS, CLIP_IMAGE, CLIP_TEXT, VIEW_WEIGHTS, CLIP_INDEX}
 _DATA_FILES = _REQUIRED_FILES | {THUMBNAILS, THUMBNAIL_OFFSETS}
 RECALL_K = 50
 RECALL_QUERIES = 1000
@@ -68,7 +82,8 @@ class BundleError(ValueError):
 
 @dataclass(frozen=True)
 class Seen:
-    """Each user's training items as CSR: user `u`'s item rows are `indices[indptr[u]:indptr[u+1]]`."""
+    """Each user's training items as CSR: user `u`'s item rows are `indices[indptr[u]:indptr[u+1]]`
+    (int64 `indptr`; `indices` int32 in a bundle of fewer than 2^31 items, else int64)."""
 
     indptr: np.ndarray
     indices: np.ndarray
@@ -126,18 +141,22 @@ class BundleContent:
 
 @dataclass
 class LoadedBundle:
-    """A bundle read from disk: its manifest, arrays and FAISS index (ONNX files stay on disk)."""
+    """A bundle read from disk: its manifest, arrays and FAISS indexes (ONNX files stay on disk),
+    memory-mapped and read-only (module docstring). The indexes' own ids are the item rows: the
+    `IndexIDMap2` the writer puts around each is dropped on reading when its ids are the row
+    numbers, as `build_index` writes them (it holds an id array and a hash map of it: 50 MB per
+    process at a million items)."""
 
     root: Path
     manifest: Manifest
-    user_ids: list[str]
+    user_ids: IdMap
     user_vectors: np.ndarray
-    item_ids: list[str]
+    item_ids: IdMap
     item_vectors: np.ndarray
     seen: Seen
     popularity: np.ndarray
     index: faiss.Index
-    item_fields: list[dict[str, str]]
+    item_fields: ItemFieldRows
     clip_image: np.ndarray
     clip_text: np.ndarray
     view_weights: np.ndarray
@@ -161,8 +180,8 @@ def build_index(
     "HNSW32"); `search_params` a FAISS ParameterSpace string ("nprobe=16", "efSearch=128").
     Non-exact indexes are trained on `vectors`, and their recall@50 against exact search over
     `queries` (default: a sample of the vectors) is returned and logged; for "Flat" it is None.
-    The map's `remove_ids` is wrong for an IVF index inside it: the service takes IVF indexes out
-    of the map before it removes anything (see `service/index.py`).
+    `read_bundle` drops the map again (its ids are the rows); the service never changes this
+    index, it adds and removes items around it (`service/index.py`).
     """
     vectors = _float32_matrix(vectors, "item vectors")
     try:
@@ -210,13 +229,14 @@ def write_bundle(out_dir: Path, manifest_fields: Mapping[str, Any], content: Bun
     created = datetime.now(UTC).replace(microsecond=0)
     _check_fields(manifest_fields)
     manifest_draft = _validate({**manifest_fields, **_generated(created, "draft", {})}, "manifest fields")
+    id_maps = {USER_IDS: _id_map(content.user_ids, "user_ids"), ITEM_IDS: _id_map(content.item_ids, "item_ids")}
     _check_content(content, manifest_draft)
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        index_specs = _write_files(tmp, content, manifest_draft)
+        index_specs = _write_files(tmp, content, manifest_draft, id_maps)
         files = {path.name: _sha256(path) for path in sorted(tmp.iterdir())}
         fields = {**manifest_fields, **index_specs}
         manifest = _validate({**fields, **_generated(created, _version(created, files), files)}, "manifest")
@@ -274,10 +294,10 @@ def read_bundle(root: Path, verify: bool = True) -> LoadedBundle:
         user_vectors=_read_npy(root / USER_VECTORS),
         item_ids=item_ids,
         item_vectors=_read_npy(root / ITEM_VECTORS),
-        seen=_read_seen(root / SEEN),
+        seen=_read_seen(root),
         popularity=_read_npy(root / POPULARITY),
         index=_read_index(root / INDEX, manifest.index.search_params),
-        item_fields=_read_item_fields(root / ITEM_FIELDS),
+        item_fields=_read_item_fields(root / ITEM_FIELDS, len(item_ids)),
         clip_image=_read_npy(root / CLIP_IMAGE),
         clip_text=_read_npy(root / CLIP_TEXT),
         view_weights=_read_npy(root / VIEW_WEIGHTS),
@@ -314,19 +334,18 @@ def _float32_matrix(array: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def _check_ids(ids: Sequence[str], what: str) -> None:
-    if not all(isinstance(i, str) and i for i in ids):
-        raise BundleError(f"{what}: every id must be a non-empty string")
-    if len(set(ids)) != len(ids):
-        raise BundleError(f"{what}: ids are not unique")
+def _id_map(ids: Sequence[str], what: str) -> IdMap:
+    """`ids` as they will be stored; `BundleError` for an empty, repeated or NUL-holding id."""
+    try:
+        return IdMap.of(ids)
+    except IdError as exc:
+        raise BundleError(f"{what}: {exc}") from exc
 
 
 def _check_content(content: BundleContent, manifest: Manifest) -> None:
     k = manifest.dims.item
     users = _float32_matrix(content.user_vectors, "user_vectors")
     items = _float32_matrix(content.item_vectors, "item_vectors")
-    _check_ids(content.user_ids, "user_ids")
-    _check_ids(content.item_ids, "item_ids")
     for name, array, ids in (("user", users, content.user_ids), ("item", items, content.item_ids)):
         if array.shape != (len(ids), k):
             raise BundleError(
@@ -377,8 +396,9 @@ def _check_replaceable(out_dir: Path) -> None:
         raise BundleError(f"{out_dir} exists and is not a bundle; refusing to replace it, pick another folder")
 
 
-def _write_files(tmp: Path, content: BundleContent, manifest: Manifest) -> dict[str, Any]:
-    """Write every data file into `tmp`; return the index spec with its measured recall."""
+def _write_files(tmp: Path, content: BundleContent, manifest: Manifest, id_maps: Mapping[str, IdMap]) -> dict[str, Any]:
+    """Write every data file into `tmp` (`id_maps`: the checked ids by file name); return the
+    index specs with their measured recall."""
     graphs = ((IMAGE_ENCODER, content.image_encoder), (TEXT_ENCODER, content.text_encoder),
               (ITEM_TOWER, content.item_tower), (manifest.tokenizer.file, content.tokenizer))
     clashes = sorted(set(content.extra_files) & (_DATA_FILES | {MANIFEST_FILE, manifest.tokenizer.file}))
@@ -394,11 +414,14 @@ def _write_files(tmp: Path, content: BundleContent, manifest: Manifest) -> dict[
     users = _float32_matrix(content.user_vectors, "user_vectors")
     _save(tmp / USER_VECTORS, lambda f: np.save(f, users))
     _save(tmp / ITEM_VECTORS, lambda f: np.save(f, items))
-    _write_durably(tmp / USER_IDS, json.dumps(list(content.user_ids)).encode())
-    _write_durably(tmp / ITEM_IDS, json.dumps(list(content.item_ids)).encode())
+    for name, id_map in id_maps.items():
+        id_map.save(tmp / name)
+        fsync_path(tmp / name)
+        fsync_path(order_path(tmp / name))
     seen = content.seen
-    _save(tmp / SEEN, lambda f: np.savez(f, indptr=seen.indptr.astype(np.int64),
-                                         indices=seen.indices.astype(np.int64)))
+    index_type = np.int32 if len(content.item_ids) < 2**31 else np.int64
+    _save(tmp / SEEN_INDPTR, lambda f: np.save(f, np.asarray(seen.indptr, dtype=np.int64)))
+    _save(tmp / SEEN_INDICES, lambda f: np.save(f, np.asarray(seen.indices, dtype=index_type)))
     _save(tmp / POPULARITY, lambda f: np.save(f, np.asarray(content.popularity, dtype=np.float32)))
     specs = {"index": _write_index(tmp / INDEX, items, manifest.index, users if len(users) else None)}
     clip_image, clip_text = unit(content.clip_image), unit(content.clip_text)
@@ -408,8 +431,8 @@ def _write_files(tmp: Path, content: BundleContent, manifest: Manifest) -> dict[
     # search queries are unit CLIP embeddings of text or images: the items' own embeddings stand in for them
     specs["clip_index"] = _write_index(tmp / CLIP_INDEX, search_vectors(clip_image, clip_text), manifest.clip_index,
                                        np.concatenate([clip_image, clip_text]))
-    fields = [{name: value for name, value in item.items() if value} for item in content.item_fields]
-    _write_durably(tmp / ITEM_FIELDS, json.dumps(fields, ensure_ascii=False).encode())
+    write_item_fields(tmp / ITEM_FIELDS, content.item_fields)
+    fsync_path(tmp / ITEM_FIELDS)
     if content.thumbnails is not None:
         write_thumbnails(tmp, content.thumbnails)
         fsync_path(tmp / THUMBNAILS)
@@ -481,40 +504,54 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    """The array in `path`, memory-mapped and read-only (a plain ndarray view of numpy's memmap,
+    whose subclass costs about a microsecond per scalar read)."""
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
     except (ValueError, OSError, EOFError) as exc:
         raise BundleError(f"{path}: not a readable .npy file ({exc})") from exc
 
 
-def _read_ids(path: Path) -> list[str]:
+def _read_ids(path: Path) -> IdMap:
     try:
-        ids = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(ids, list):
-        raise BundleError(f"{path}: expected a JSON list of ids")
-    _check_ids(ids, str(path))
-    return ids
+        return IdMap.load(path)
+    except IdError as exc:
+        raise BundleError(f"{path}: {exc}") from exc
+    except (ValueError, OSError, EOFError) as exc:
+        raise BundleError(f"{path} or {order_path(path).name}: not a readable .npy file ({exc})") from exc
 
 
-def _read_seen(path: Path) -> Seen:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return Seen(data["indptr"].astype(np.int64), data["indices"].astype(np.int64))
-    except (ValueError, OSError, KeyError, EOFError) as exc:
-        raise BundleError(f"{path}: expected an .npz with int arrays 'indptr' and 'indices' ({exc})") from exc
+def _read_seen(root: Path) -> Seen:
+    indptr, indices = _read_npy(root / SEEN_INDPTR), _read_npy(root / SEEN_INDICES)
+    for name, array in ((SEEN_INDPTR, indptr), (SEEN_INDICES, indices)):
+        if array.ndim != 1 or array.dtype not in (np.int32, np.int64) or (name == SEEN_INDPTR and array.dtype != np.int64):
+            raise BundleError(f"{root / name}: {array.dtype}{array.shape}, expected a 1-D "
+                              f"{'int64' if name == SEEN_INDPTR else 'int32 or int64'} array")
+    return Seen(indptr, indices)
 
 
 def _read_index(path: Path, search_params: str) -> faiss.Index:
+    """The index in `path`, memory-mapped where FAISS can, without its id map when the ids are the rows."""
     try:
-        index = faiss.read_index(str(path))
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
     except RuntimeError as exc:
         raise BundleError(f"{path}: FAISS cannot read it ({exc})") from exc
     if not isinstance(index, faiss.IndexIDMap2):
         raise BundleError(f"{path}: expected an IndexIDMap2 (ids = item rows), got {type(index).__name__}")
     _set_search_params(faiss.downcast_index(index.index), search_params, path)
-    return index
+    return _without_row_map(index)
+
+
+def _without_row_map(index: faiss.IndexIDMap2) -> faiss.Index:
+    """The index inside `index` when `index`'s ids are the row numbers (so are the inner index's
+    own); the map is freed with `index`. Else `index`."""
+    ids = faiss.vector_to_array(index.id_map)
+    if not np.array_equal(ids, np.arange(len(ids))):
+        return index
+    try:  # a copy that shares the mapped parts (FAISS's clones keep views as views): a few MB
+        return faiss.clone_index(index.index)
+    except RuntimeError:  # an index type FAISS cannot clone keeps its map
+        return index
 
 
 def _set_search_params(index: faiss.Index, search_params: str, where: object) -> None:
@@ -536,7 +573,7 @@ def _check_loaded(bundle: LoadedBundle) -> None:
             raise BundleError(f"{root / name}: shape {array.shape} {array.dtype}, expected ({rows}, {k}) float32")
     if bundle.popularity.shape != (n_items,):
         raise BundleError(f"{root / POPULARITY}: shape {bundle.popularity.shape}, expected ({n_items},)")
-    _check_seen(bundle.seen, n_users, n_items, str(root / SEEN))
+    _check_seen(bundle.seen, n_users, n_items, f"{root / SEEN_INDPTR}, {SEEN_INDICES}")
     dims = bundle.manifest.dims
     n_views = len(bundle.manifest.views.view_names)
     arrays = ((CLIP_IMAGE, bundle.clip_image, (n_items, dims.image)),
@@ -556,16 +593,11 @@ def _check_loaded(bundle: LoadedBundle) -> None:
             raise BundleError(f"{root / name}: the metric must be inner product")
 
 
-def _read_item_fields(path: Path) -> list[dict[str, str]]:
+def _read_item_fields(path: Path, n_items: int) -> ItemFieldRows:
     try:
-        fields = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(fields, list) or not all(
-        isinstance(item, dict) and all(isinstance(value, str) for value in item.values()) for item in fields
-    ):
-        raise BundleError(f"{path}: expected a JSON list of objects of text fields, one per item")
-    return fields
+        return ItemFieldRows.open(path, n_items)
+    except (ItemFieldsError, OSError) as exc:
+        raise BundleError(str(exc)) from exc
 
 
 def _read_thumbnails(root: Path, manifest: Manifest, n_items: int) -> Thumbnails | None:

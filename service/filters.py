@@ -9,7 +9,9 @@ must equal the value as a whole: `brand:acme` matches " ACME " but not "Acme Cor
 
 `ItemFields` keeps every row's fields (rows as in `service.index.ItemIndex`: the bundle's items
 are rows 0..n-1, each ingested item or replacement gets the next row) and answers a filter with a
-boolean mask over the rows. A field's postings (normalized value -> rows) are built at its first
+boolean mask over the rows. The bundle's rows are read from its memory-mapped `item_fields.json`
+when asked for (`cliper.item_fields`: a million items' fields as Python strings would take
+hundreds of MB in every worker process); the rows added since are kept as dicts. A field's postings (normalized value -> rows) are built at its first
 use, so a field nobody filters on (a long description) costs nothing, and `put` keeps the built
 ones up to date: one numpy array of rows grouped by value for the rows there at first use plus
 small lists for the rows added after it. Building a field's postings for 100,000 rows takes
@@ -17,12 +19,14 @@ small lists for the rows added after it. Building a field's postings for 100,000
 filter on a built field then costs 0.06 ms.
 """
 
+import itertools
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from cliper.item_fields import ItemFieldRows
 from cliper.views import ViewsConfig
 from service.errors import BadInput
 
@@ -113,31 +117,32 @@ class ItemFields:
 
     def __init__(self, views: ViewsConfig, rows: Sequence[Mapping[str, str]],
                  ingested: Mapping[int, Mapping[str, str]] | None = None) -> None:
-        """The bundle's items' fields `rows` (rows 0..n-1) and, when restoring a snapshot, the
-        fields of the rows ingested after them (`ingested_state`; rows n, n+1, ... without gaps)."""
+        """The bundle's items' fields `rows` (rows 0..n-1: an `ItemFieldRows`, or any sequence of
+        them) and, when restoring a snapshot, the fields of the rows ingested after them
+        (`ingested_state`; rows n, n+1, ... without gaps)."""
         self._lock = threading.Lock()
-        self._columns: dict[str, list[str]] = {column: [] for column in views.columns}
+        self._columns = list(views.columns)
         self._split = views.list_separators
         self._postings: dict[str, _Postings] = {}
-        self._n_rows = 0
-        for fields in rows:
-            self._append(fields)
-        self.bundle_rows = len(rows)
+        self._bundle = ItemFieldRows.of(rows)
+        self.bundle_rows = len(self._bundle)
+        self._added: list[dict[str, str]] = []  # the fields with a value of rows bundle_rows, bundle_rows + 1, ...
         for row in sorted(ingested or {}):
             self.put(row, ingested[row])  # type: ignore[index]
 
     @property
     def n_rows(self) -> int:
-        return self._n_rows
+        return self.bundle_rows + len(self._added)
 
     def put(self, row: int, fields: Mapping[str, str]) -> None:
         """The fields of a new row, the next one (a replaced item gets a new row too)."""
         with self._lock:
             if row != self.n_rows:
                 raise ValueError(f"item fields: row {row} put, expected the next row {self.n_rows}")
-            self._append(fields)
+            kept = {field: str(fields[field]) for field in self._columns if fields.get(field) is not None}
+            self._added.append({field: value for field, value in kept.items() if value})
             for field, postings in self._postings.items():
-                postings.add(row, self._keys(field, self._columns[field][row]))
+                postings.add(row, self._keys(field, kept.get(field, "")))
 
     def get(self, row: int) -> dict[str, str]:
         """The row's fields that have a value."""
@@ -150,7 +155,10 @@ class ItemFields:
             return {row: self._fields(row) for row in range(self.bundle_rows, self.n_rows)}
 
     def _fields(self, row: int) -> dict[str, str]:
-        return {field: values[row] for field, values in self._columns.items() if values[row]}
+        if row >= self.bundle_rows:
+            return dict(self._added[row - self.bundle_rows])
+        fields = self._bundle[row]
+        return {field: fields[field] for field in self._columns if fields.get(field)}
 
     def matching(self, filters: Sequence[FieldFilter]) -> np.ndarray | None:
         """A boolean mask over all rows of those that match every filter; None for no filters."""
@@ -164,16 +172,12 @@ class ItemFields:
                 allowed &= hits
             return allowed
 
-    def _append(self, fields: Mapping[str, str]) -> None:
-        for field, values in self._columns.items():
-            value = fields.get(field)
-            values.append("" if value is None else str(value))
-        self._n_rows += 1
-
     def _postings_of(self, field: str) -> _Postings:
         postings = self._postings.get(field)
         if postings is None:
-            values = self._columns[field]  # KeyError for a field that is none of the columns
+            if field not in self._columns:
+                raise KeyError(field)
+            values = itertools.chain(self._bundle.column(field), (fields.get(field, "") for fields in self._added))
             postings = self._postings[field] = _Postings([self._keys(field, value) for value in values])
         return postings
 

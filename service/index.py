@@ -5,34 +5,42 @@ replacement) gets the next row. A str item_id maps to its live row. Rows are nev
 renumbered, so the rest of the service (seen lists, the store follower) may hold on to them.
 One lock guards every change and search, so concurrent use is safe.
 
-Removal depends on the index type:
+Two FAISS indexes hold the rows. The bundle's index (the *base*: rows 0..n-1) is memory-mapped
+from the bundle (`cliper.bundle`), so every worker process of a host shares one copy of it, and
+is never changed (FAISS aborts the process on a change to a mapped index). Rows added online go
+to a per-process *additions* index: an empty index of the base's kind (an HNSW graph with its
+parameters, an IVF index with its centroids, Flat: `_emptied`), ids = rows. A search asks both
+and merges their answers by score (with no additions, only the base). Ids and vectors are split
+the same way: the bundle's `IdMap` and vectors (memory-mapped arrays, or computed per row from
+them: `RowVectors`), and a list and a growing array for the added rows.
 
-- Flat (and other flat-code indexes) under the bundle's `IndexIDMap2`: `remove_ids` drops the row.
-- IVF indexes are taken out of the bundle's `IndexIDMap2` and keep the rows as their own ids
-  (`add_with_ids`; the bundle added rows 0..n-1 in order, so the ids inside are already the rows).
-  `IndexIDMap2` assumes the index it wraps numbers its vectors 0..ntotal-1 and that a removal
-  shifts the later ones down by one, as Flat does. IVF instead stores each vector's number in its
-  inverted lists and leaves the others as they are, so after one removal the map hands every
-  later vector the id of its successor (neighbours came back shifted by one id), and the next
-  removal fails FAISS's `j == index->ntotal` assertion, which aborts the process.
-- HNSW (and GPU indexes, and any other that cannot remove) keeps deleted rows as tombstones.
-  Searches exclude them inside FAISS (an ID selector, where the index takes one: HNSW does), so
-  they cost little (k=50 over 100k items, HNSW32: p50 0.64 ms with 10,000 tombstones, 0.41 ms
-  with none, against 6.7 ms when a search asked for k + tombstones results). Where the selector
-  search comes back short, or the index takes no selector, a search asks for `fetch + tombstones`
-  results and drops the dead ones. Either way it returns the best `fetch` live rows it finds.
-  Past `max(compact_min, compact_ratio * rows in the index)` tombstones (defaults 1,000 and 10%)
-  a background thread rebuilds the index from the live rows, off the lock: a copy of the index
-  emptied at start-up (HNSW parameters, IVF centroids) gets the live rows of a snapshot, then the
-  rows added meanwhile; under the lock it gets the last few, the rows deleted meanwhile become its
-  tombstones, and it replaces the old index. Searches use the old index until then, never a
-  half-built one; until then both indexes are in memory. The threshold keeps tombstones to a
-  tenth of the graph, where they still cost little, while a rebuild (26 s for 90k items, HNSW32,
-  one thread) runs at most once per 10% of the catalog deleted.
+Removal depends on where the row is:
 
-`state` copies what a snapshot needs (`service.snapshot`) and `ItemIndex.restore` rebuilds an
-index from it: the FAISS index as it was (tombstones included), the rows' ids, which rows are
-live, and the live rows' vectors (nothing reads a dead row's vector; a restored one is zero).
+- A bundle row in the base becomes a tombstone.
+- An added row is removed from the additions index where it can be (Flat, IVF: `remove_ids`;
+  IVF indexes hold the rows as their own ids, so no `IndexIDMap2` is involved, whose
+  `remove_ids` shifts the ids of an IVF index by one), else (HNSW) it becomes a tombstone.
+
+Searches exclude tombstones inside FAISS (an ID selector, in the index's own search parameters
+where it takes them: HNSW, IVF and Flat do), so they cost little (k=50 over 100k items, HNSW32:
+p50 0.64 ms with 10,000 tombstones, 0.41 ms with none, against 6.7 ms when a search asked for
+k + tombstones results). Where the selector search comes back short, or the index takes no
+selector, a search asks for `fetch + tombstones` results and drops the dead ones. Either way it
+returns the best `fetch` live rows it finds.
+
+Past `max(compact_min, compact_ratio * rows in the indexes)` tombstones (defaults 1,000 and 10%)
+a background thread rebuilds one index from the live rows, off the lock: an empty index of the
+additions' kind gets the live rows of a snapshot, then the rows added meanwhile; under the lock
+it gets the last few, the rows deleted meanwhile become its tombstones, and it replaces both
+indexes. Searches use the old ones until then, never a half-built one; until then both are in
+memory. From then on the process holds its own copy of the whole index: the base is no longer
+shared, which a new bundle (or a restart without a snapshot) gives back. The threshold keeps
+tombstones to a tenth of the graph, where they still cost little, while a rebuild (26 s for 90k
+items, HNSW32, one thread) runs at most once per 10% of the catalog deleted.
+
+`state` copies what a snapshot needs (`service.snapshot`) relative to the bundle: whether the
+base is still searched, the additions index, the added rows' ids and live vectors, which rows are
+live and the tombstones; `ItemIndex.restore` rebuilds the index from it and the bundle.
 
 Searches run with `threads` OpenMP threads (default 1): on a small machine FAISS's thread team
 costs more than it saves for the few queries of one micro-batch (3.2 ms vs 0.4 ms for one query
@@ -43,9 +51,12 @@ import logging
 import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import faiss
 import numpy as np
+
+from cliper.ids import IdMap
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +66,22 @@ COMPACT_RATIO = 0.1
 FEW_EXCLUDES = 128  # excluded rows an unfiltered search fetches past instead of a selector
 EXACT_MAX_ROWS = 20_000  # eligible rows scored exactly instead of searched in FAISS
 OVERFETCH_MAX = 2048  # the most results asked of an index without selectors (GPU FAISS's limit)
+FILL_ROWS = 65_536  # rows added to a rebuilt index at a time (their vectors are read or computed per block)
 
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 _NO_SCORES = np.zeros(0, dtype=np.float32)
 
 SelectParams = Callable[[faiss.IDSelector, int, float], faiss.SearchParameters]
+
+
+class RowVectors(Protocol):
+    """The bundle's item vectors by row: an array (memory-mapped or not), or an object that
+    computes the rows asked for (`service.catalog.SearchVectors`)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, rows: np.ndarray, /) -> np.ndarray: ...
 
 
 def place_index(index: faiss.Index) -> faiss.Index:
@@ -73,43 +95,58 @@ def place_index(index: faiss.Index) -> faiss.Index:
 
 @dataclass
 class IndexState:
-    """An `ItemIndex` at one moment: `faiss_index` serialized (`faiss.serialize_index`), every
-    row's item id, which rows are live, the live rows' vectors (in row order) and the tombstones
-    (dead rows still in the FAISS index)."""
+    """An `ItemIndex` at one moment, relative to its bundle (whose ids and vectors are not copied):
+    whether the bundle's index is still searched (`uses_base`; not after a compaction), the
+    additions index serialized (`faiss.serialize_index`), the ids of the rows past the bundle's,
+    which rows are live (every row), the live added rows' vectors (in row order) and the
+    tombstones (dead rows still in an index)."""
 
-    faiss_index: np.ndarray
+    uses_base: bool
+    additions: np.ndarray
     ids: list[str]
     live: np.ndarray
     live_vectors: np.ndarray
     tombstones: np.ndarray
 
 
+class _Part:
+    """One of the FAISS indexes of an `ItemIndex` (its search returns rows), with how to search it
+    with an ID selector (None: it takes none) and whether it removes ids."""
+
+    def __init__(self, index: faiss.Index, removes: bool) -> None:
+        self.index = index
+        self.select = _selector_params(index)
+        self.removes = removes
+
+
 class ItemIndex:
     """Thread-safe add / remove / search over item vectors with str item ids."""
 
-    def __init__(self, index: faiss.Index, item_ids: Sequence[str], vectors: np.ndarray, threads: int = 1,
+    def __init__(self, index: faiss.Index, item_ids: Sequence[str], vectors: RowVectors, threads: int = 1,
                  compact_min: int = COMPACT_MIN, compact_ratio: float = COMPACT_RATIO, *,
-                 live: np.ndarray | None = None, tombstones: Iterable[int] = (),
                  exact_max_rows: int = EXACT_MAX_ROWS) -> None:
-        """The bundle's `index` over `item_ids` (all live), or, with `live` and `tombstones`, an
-        index restored from an `IndexState` (`restore`). `search_filtered` scores up to
+        """The bundle's `index` (whose search returns rows 0..n-1; never changed) over `item_ids`
+        (an `IdMap`, or any sequence of ids) and their `vectors`. `search_filtered` scores up to
         `exact_max_rows` eligible rows exactly instead of searching FAISS."""
         self._lock = threading.Lock()
         self._threads = threads
-        self._ids: list[str] = list(item_ids)
-        self._live = np.ones(len(self._ids), dtype=bool) if live is None else np.array(live, dtype=bool)
-        self._rows: dict[str, int] = {self._ids[row]: row for row in np.flatnonzero(self._live).tolist()}
-        self._vectors = np.array(vectors, dtype=np.float32, copy=True)
-        cpu_index = _with_row_ids(index, self._vectors)
-        self._index = place_index(cpu_index)
+        self._base_ids = IdMap.of(item_ids)
+        self._n_base = len(self._base_ids)
+        if index.ntotal != self._n_base or vectors.shape[0] != self._n_base:
+            raise ValueError(f"the index holds {index.ntotal} rows and there are {vectors.shape[0]} vectors, "
+                             f"expected one per item id ({self._n_base})")
+        self._base_vectors = vectors
+        self._ids: list[str] = []  # of the rows past the bundle's
+        self._rows: dict[str, int] = {}  # item id -> live row, for the rows past the bundle's
+        self._vectors = np.zeros((0, index.d), dtype=np.float32)  # of the rows past the bundle's
+        self._live = np.ones(self._n_base, dtype=bool)
+        self._size = self._n_base
         self.on_gpu = faiss.get_num_gpus() > 0
-        self._removes = _removes_ids(self._index)
-        # what an index that cannot remove needs: an empty copy to rebuild from, and a way to skip
-        self._empty = None if self._removes else _emptied(cpu_index)
-        self._filters = not self._removes and _takes_selector(self._index)
-        self._select = _selector_params(self._index)
-        self._tombstones: set[int] = set(tombstones)
-        self._skip: faiss.SearchParameters | None = None  # excludes the tombstones; rebuilt when they change
+        self._template = _emptied(_unmapped(index))  # what a new additions index is a copy of
+        self._base: _Part | None = _Part(place_index(index), removes=False)
+        self._added = self._part(self._new_index())
+        self._tombstones: set[int] = set()
+        self._skip: faiss.IDSelector | None = None  # selects the live rows; rebuilt when a row dies
         self._compact_min = compact_min
         self._compact_ratio = compact_ratio
         self._exact_max_rows = exact_max_rows
@@ -117,85 +154,121 @@ class ItemIndex:
         self.version = 0  # bumped on every change, for caches of derived data
 
     @classmethod
-    def restore(cls, state: IndexState, threads: int = 1, compact_min: int = COMPACT_MIN,
-                compact_ratio: float = COMPACT_RATIO) -> "ItemIndex":
-        """The index `state` was taken from, as it was then."""
-        vectors = np.zeros((len(state.ids), state.live_vectors.shape[1]), dtype=np.float32)
-        vectors[state.live] = state.live_vectors
-        return cls(faiss.deserialize_index(state.faiss_index), state.ids, vectors, threads, compact_min,
-                   compact_ratio, live=state.live, tombstones=state.tombstones.tolist())
+    def restore(cls, state: IndexState, index: faiss.Index, item_ids: Sequence[str], vectors: RowVectors,
+                threads: int = 1, compact_min: int = COMPACT_MIN, compact_ratio: float = COMPACT_RATIO) -> "ItemIndex":
+        """The index `state` was taken from, over the same bundle (`index`, `item_ids`, `vectors`)."""
+        restored = cls(index, item_ids, vectors, threads, compact_min, compact_ratio)
+        n = restored._n_base
+        if len(state.live) != n + len(state.ids) or len(state.live_vectors) != np.count_nonzero(state.live[n:]):
+            raise ValueError(f"the state has {len(state.live)} rows, {len(state.ids)} of them added and "
+                             f"{len(state.live_vectors)} live added vectors, over a bundle of {n} items")
+        restored._ids = list(state.ids)
+        restored._vectors = np.zeros((len(state.ids), restored._vectors.shape[1]), dtype=np.float32)
+        restored._vectors[state.live[n:]] = state.live_vectors
+        restored._live = np.array(state.live, dtype=bool)
+        restored._size = int(np.count_nonzero(restored._live))
+        restored._rows = {item_id: n + i for i, item_id in enumerate(state.ids) if state.live[n + i]}
+        if not state.uses_base:
+            restored._base = None
+        restored._added = restored._part(faiss.deserialize_index(state.additions))
+        restored._tombstones = set(state.tombstones.tolist())
+        return restored
 
     def state(self) -> IndexState:
-        """A copy of the index now, for a snapshot (under the lock: a copy of the FAISS index,
-        the ids and the live rows' vectors)."""
+        """A copy of the index now, relative to the bundle, for a snapshot (under the lock: a copy
+        of the additions index, the added rows' ids and live vectors, and the live mask)."""
         with self._lock:
-            rows = len(self._ids)
-            index = faiss.index_gpu_to_cpu(self._index) if self.on_gpu else self._index
-            live = self._live[:rows].copy()
-            return IndexState(faiss.serialize_index(index), self._ids[:rows], live, self._vectors[:rows][live],
+            live = self._live[: self.n_rows].copy()
+            additions = faiss.index_gpu_to_cpu(self._added.index) if self.on_gpu else self._added.index
+            added = len(self._ids)
+            return IndexState(self._base is not None, faiss.serialize_index(additions), list(self._ids), live,
+                              self._vectors[:added][live[self._n_base :]],
                               np.array(sorted(self._tombstones), dtype=np.int64))
 
     @property
     def size(self) -> int:
         """Live (searchable) items."""
-        return len(self._rows)
+        return self._size
 
     @property
     def n_rows(self) -> int:
-        return len(self._ids)
+        return self._n_base + len(self._ids)
 
     @property
     def tombstones(self) -> int:
-        """Deleted rows still in the FAISS index (skipped by searches) until the next compaction."""
+        """Deleted rows still in a FAISS index (skipped by searches) until the next compaction."""
         return len(self._tombstones)
 
     @property
     def compacting(self) -> bool:
         return self._compactor is not None
 
+    @property
+    def shares_base(self) -> bool:
+        """Whether the bundle's index is still searched (no compaction replaced it)."""
+        return self._base is not None
+
     def row_of(self, item_id: str) -> int | None:
-        return self._rows.get(item_id)
+        row = self._rows.get(item_id)
+        if row is None and (row := self._base_ids.row(item_id)) is not None and not self._live[row]:
+            return None
+        return row
 
     def item_id(self, row: int) -> str:
-        return self._ids[row]
+        return self._base_ids[row] if row < self._n_base else self._ids[row - self._n_base]
+
+    def live_rows(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The live row of each of `item_ids` (-1 where it is not live): one look-up in the
+        bundle's ids for all of those not added since."""
+        rows = np.array([self._rows.get(item_id, -1) for item_id in item_ids], dtype=np.int64)
+        rest = np.flatnonzero(rows < 0)
+        if len(rest):
+            found = self._base_ids.rows([item_ids[i] for i in rest])
+            known = found >= 0
+            known[known] = self._live[found[known]]
+            rows[rest] = np.where(known, found, -1)
+        return rows
 
     def rows_of(self, item_ids: Iterable[str]) -> set[int]:
         """The live rows of those of `item_ids` that are live."""
-        rows = self._rows
-        return {row for row in map(rows.get, item_ids) if row is not None}
+        rows = self.live_rows(list(item_ids))
+        return set(rows[rows >= 0].tolist())
 
     def vectors(self, rows: Sequence[int]) -> np.ndarray:
         with self._lock:
-            return self._vectors[np.asarray(rows, dtype=np.int64)]
+            return self._row_vectors(np.asarray(rows, dtype=np.int64))
 
     def live_mask(self) -> np.ndarray:
         with self._lock:
-            return self._live[: len(self._ids)].copy()
+            return self._live[: self.n_rows].copy()
 
     def put(self, item_id: str, vector: np.ndarray) -> tuple[int, bool]:
         """Add (or replace) an item; returns its new row and whether it replaced a live one."""
         vector = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
         with self._lock:
-            old = self._rows.get(item_id)
+            old = self.row_of(item_id)
             if old is not None:
                 self._remove_row(old)
-            row = len(self._ids)
-            self._vectors = _grow(self._vectors, row + 1)
-            self._live = _grow(self._live, row + 1)
+            row = self.n_rows
+            added = len(self._ids)
+            self._vectors = grow(self._vectors, added + 1)
+            self._live = grow(self._live, row + 1)
             self._ids.append(item_id)
-            self._vectors[row] = vector[0]
+            self._vectors[added] = vector[0]
             self._live[row] = True
-            self._index.add_with_ids(vector, np.array([row], dtype=np.int64))
+            self._added.index.add_with_ids(vector, np.array([row], dtype=np.int64))
             self._rows[item_id] = row
+            self._size += 1
             self.version += 1
         return row, old is not None
 
     def remove(self, item_id: str) -> bool:
         """Withdraw an item; False when it was not live."""
         with self._lock:
-            row = self._rows.get(item_id)
+            row = self.row_of(item_id)
             if row is None:
                 return False
+            self._rows.pop(item_id, None)
             self._remove_row(row)
             self.version += 1
         return True
@@ -239,11 +312,11 @@ class ItemIndex:
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         faiss.omp_set_num_threads(self._threads)
         with self._lock:
-            rows = len(self._ids)
+            rows = self.n_rows
             excluded = np.fromiter((row for row in exclude if 0 <= row < rows), dtype=np.int64)
             excluded = np.unique(excluded[self._live[excluded]])
             if allowed is None and len(excluded) <= FEW_EXCLUDES:
-                want = min(k, len(self._rows) - len(excluded))
+                want = min(k, self._size - len(excluded))
                 if want <= 0:
                     return _NO_ROWS, _NO_SCORES
                 found, scores = self._search(query, want + len(excluded))
@@ -273,24 +346,34 @@ class ItemIndex:
         if compactor is not None:
             compactor.join(timeout)
 
+    def _parts(self) -> list[_Part]:
+        """The indexes to search: the base (while used) and the additions (once they hold rows)."""
+        parts = [] if self._base is None else [self._base]
+        return parts + [self._added] if self._added.index.ntotal or not parts else parts
+
     def _search(self, queries: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         """`search` under the lock."""
-        fetch = max(1, min(fetch, len(self._rows)))
+        fetch = max(1, min(fetch, self._size))
         if not self._tombstones:
-            scores, rows = self._index.search(queries, fetch)
-            return rows, scores
-        return self._search_live(queries, fetch)
+            answers = [part.index.search(queries, fetch) for part in self._parts()]
+            return _merged([(rows, scores) for scores, rows in answers], fetch)
+        return _merged([self._search_live(part, queries, fetch) for part in self._parts()], fetch)
 
     def _search_eligible(self, query: np.ndarray, want: int, eligible: np.ndarray,
                          count: int) -> tuple[np.ndarray, np.ndarray] | None:
         """FAISS's best `want` of the `count` eligible rows, or None when it finds fewer."""
-        widen = len(self._rows) / count
-        if self._select is not None:
-            selector = faiss.IDSelectorBitmap(np.packbits(eligible, bitorder="little"))
-            scores, rows = self._index.search(query, want, params=self._select(selector, want, widen))
-        else:
-            fetch = min(int(self._index.ntotal), OVERFETCH_MAX, int(np.ceil(2 * want * self._index.ntotal / count)))
-            scores, rows = self._index.search(query, fetch)
+        widen = self._size / count
+        answers = []
+        for part in self._parts():
+            if part.select is not None:
+                selector = faiss.IDSelectorBitmap(np.packbits(eligible, bitorder="little"))
+                scores, rows = part.index.search(query, want, params=part.select(selector, want, widen))
+            else:
+                total = int(part.index.ntotal)
+                fetch = min(total, OVERFETCH_MAX, int(np.ceil(2 * want * total / count)))
+                scores, rows = part.index.search(query, max(fetch, 1))
+            answers.append((rows, scores))
+        rows, scores = _merged(answers, sum(rows.shape[1] for rows, _ in answers))
         rows, scores = _first_live(rows, scores, eligible, want)
         if rows[0, -1] < 0:
             return None
@@ -300,95 +383,125 @@ class ItemIndex:
         """The best `want` eligible rows by their exact scores (FAISS on `threads` threads: numpy's
         matrix-vector product runs on every core past ~10,000 rows)."""
         rows = np.flatnonzero(eligible)
-        scores, top = faiss.knn(query, np.take(self._vectors, rows, axis=0), want, metric=faiss.METRIC_INNER_PRODUCT)
+        scores, top = faiss.knn(query, self._row_vectors(rows), want, metric=faiss.METRIC_INNER_PRODUCT)
         return rows[top[0]], scores[0]
 
-    def _search_live(self, queries: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
-        """`search` past the tombstones. A selector search may come back short where tombstones
-        crowd the query (HNSW's candidate list fills with them); those queries, and every query of
-        an index without selectors, ask for `fetch + tombstones` and drop the dead rows."""
-        skip = self._skip_tombstones() if self._filters else None
+    def _row_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of `rows`: the bundle's and the added ones'."""
+        bundle = rows < self._n_base
+        if bundle.all():
+            return np.asarray(self._base_vectors[rows], dtype=np.float32)
+        vectors = np.empty((len(rows), self._vectors.shape[1]), dtype=np.float32)
+        if bundle.any():
+            vectors[bundle] = self._base_vectors[rows[bundle]]
+        vectors[~bundle] = self._vectors[rows[~bundle] - self._n_base]
+        return vectors
+
+    def _search_live(self, part: _Part, queries: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        """One index's answer past the tombstones. A selector search may come back short where
+        tombstones crowd the query (HNSW's candidate list fills with them); those queries, and
+        every query of an index without selectors, ask for `fetch + tombstones` and drop the dead rows."""
+        skip = None if part.select is None else part.select(self._skip_dead(), fetch, 1.0)
         if skip is not None:
-            scores, rows = self._index.search(queries, fetch, params=skip)
+            scores, rows = part.index.search(queries, fetch, params=skip)
             short = (rows < 0).any(axis=1)
-            if not short.any():
+            if not short.any() or part.index.ntotal <= fetch:
                 return rows, scores
         else:
             short = np.ones(len(queries), dtype=bool)
             rows = np.full((len(queries), fetch), -1, dtype=np.int64)
             scores = np.full((len(queries), fetch), -np.inf, dtype=np.float32)
-        wide = min(fetch + len(self._tombstones), int(self._index.ntotal))
-        wide_scores, wide_rows = self._index.search(queries[short], wide, params=skip)
+        wide = min(fetch + len(self._tombstones), int(part.index.ntotal))
+        wide_scores, wide_rows = part.index.search(queries[short], max(wide, 1), params=skip)
         rows[short], scores[short] = _first_live(wide_rows, wide_scores, self._live, fetch)
         return rows, scores
 
-    def _skip_tombstones(self) -> faiss.SearchParameters:
+    def _skip_dead(self) -> faiss.IDSelector:
+        """A selector of the live rows (everything but the dead ones), kept until a row dies."""
         if self._skip is None:
-            dead = np.packbits(~self._live[: len(self._ids)], bitorder="little")
-            self._skip = faiss.SearchParameters(sel=faiss.IDSelectorNot(faiss.IDSelectorBitmap(dead)))
+            dead = np.packbits(~self._live[: self.n_rows], bitorder="little")
+            self._skip = faiss.IDSelectorNot(faiss.IDSelectorBitmap(dead))
         return self._skip
 
     def _remove_row(self, row: int) -> None:
-        del self._rows[self._ids[row]]
         self._live[row] = False
-        if self._removes:
-            self._index.remove_ids(np.array([row], dtype=np.int64))
+        self._size -= 1
+        self._skip = None
+        if (self._base is None or row >= self._n_base) and self._added.removes:
+            self._added.index.remove_ids(np.array([row], dtype=np.int64))
             return
         self._tombstones.add(row)
-        self._skip = None
-        threshold = max(self._compact_min, self._compact_ratio * self._index.ntotal)
+        total = sum(part.index.ntotal for part in self._parts())
+        threshold = max(self._compact_min, self._compact_ratio * total)
         if self._compactor is None and len(self._tombstones) > threshold:
-            log.info("index: %d tombstones in %d rows, compacting", len(self._tombstones), self._index.ntotal)
+            log.info("index: %d tombstones in %d rows, compacting", len(self._tombstones), total)
             self._compactor = threading.Thread(target=self._compact, name="index-compaction", daemon=True)
             self._compactor.start()
 
+    def _new_index(self) -> faiss.Index:
+        """An empty additions index on the CPU (ids = rows): a copy of the template; IVF indexes
+        take ids themselves, the others get an `IndexIDMap2`."""
+        index = faiss.clone_index(self._template)
+        return index if _is_ivf(index) else faiss.IndexIDMap2(index)
+
+    def _part(self, additions: faiss.Index) -> _Part:
+        """`additions` (a CPU index) placed where searches run, as a part."""
+        additions = place_index(additions)
+        return _Part(additions, _removes_ids(additions))
+
     def _compact(self) -> None:
-        """Rebuild the index from the live rows and swap it in (see the module docstring)."""
+        """Rebuild one index from the live rows and swap it in (see the module docstring)."""
         try:
             faiss.omp_set_num_threads(self._threads)
-            fresh = faiss.clone_index(self._empty)
+            index = self._new_index()
             filled: list[np.ndarray] = []
             done = 0
             for _ in range(2):  # a snapshot, then the rows added while it was being indexed
                 with self._lock:
-                    upto = len(self._ids)
+                    upto = self.n_rows
                     rows = np.flatnonzero(self._live[done:upto]) + done
-                self._fill(fresh, rows)
+                self._fill(index, rows)
                 filled.append(rows)
                 done = upto
-            if self.on_gpu:
-                fresh = place_index(fresh)
+            fresh = self._part(index)
             with self._lock:
-                rows = np.flatnonzero(self._live[done : len(self._ids)]) + done
-                fresh.add_with_ids(self._vectors[rows], rows)
+                rows = np.flatnonzero(self._live[done : self.n_rows]) + done
+                fresh.index.add_with_ids(self._row_vectors(rows), rows)
                 filled.append(rows)
                 rows = np.concatenate(filled)
                 before = len(self._tombstones)
-                self._index = fresh
-                self._select = _selector_params(fresh)
-                self._tombstones = set(rows[~self._live[rows]].tolist())
+                self._base = None
+                self._added = fresh
+                dead = rows[~self._live[rows]]
+                self._tombstones = set(dead.tolist())
+                if fresh.removes and len(dead):
+                    fresh.index.remove_ids(dead)
+                    self._tombstones = set()
                 self._skip = None
-            log.info("index compacted: %d tombstones -> %d, %d rows", before, len(self._tombstones), fresh.ntotal)
+            log.info("index compacted: %d tombstones -> %d, %d rows", before, len(self._tombstones),
+                     fresh.index.ntotal)
         except Exception:
             log.exception("index compaction failed; searches keep skipping the tombstones")
         finally:
             self._compactor = None
 
     def _fill(self, fresh: faiss.Index, rows: np.ndarray) -> None:
-        """Add `rows` to the index being rebuilt, off the lock: a row's vector never changes once
-        written, and `_grow` copies the rows it has into a new array."""
-        fresh.add_with_ids(self._vectors[rows], rows)
+        """Add `rows` to the index being rebuilt, off the lock, a block at a time: a row's vector
+        never changes once written, and `grow` copies the rows it has into a new array."""
+        for start in range(0, len(rows), FILL_ROWS):
+            block = rows[start : start + FILL_ROWS]
+            fresh.add_with_ids(self._row_vectors(block), block)
 
 
-def _with_row_ids(index: faiss.Index, vectors: np.ndarray) -> faiss.Index:
-    """`index`, or the IVF index inside the bundle's IndexIDMap2, with the rows as its own ids."""
-    if not isinstance(index, faiss.IndexIDMap2) or not _is_ivf(index.index):
-        return index
-    ivf = faiss.clone_index(index.index)  # the map owns its index: a copy outlives it safely
-    if not np.array_equal(faiss.vector_to_array(index.id_map), np.arange(index.ntotal)):
-        ivf.reset()  # the map held the rows in another order: index them again under their rows
-        ivf.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
-    return ivf
+def _merged(answers: list[tuple[np.ndarray, np.ndarray]], fetch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best `fetch` of several indexes' (rows, scores) per query, best first; -1 pads."""
+    if len(answers) == 1:
+        rows, scores = answers[0]
+        return rows[:, :fetch], scores[:, :fetch]
+    rows = np.concatenate([rows for rows, _ in answers], axis=1)
+    scores = np.concatenate([np.where(rows >= 0, scores, -np.inf) for rows, scores in answers], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :fetch]
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1).astype(np.float32)
 
 
 def _is_ivf(index: faiss.Index) -> bool:
@@ -397,19 +510,10 @@ def _is_ivf(index: faiss.Index) -> bool:
 
 
 def _removes_ids(index: faiss.Index) -> bool:
-    """Whether `index` implements `remove_ids` (removing an id that is not there tells)."""
+    """Whether `index` implements `remove_ids` (removing an id that is not there tells). Only for
+    an index of this process's own: on a memory-mapped one a removal aborts the process."""
     try:
         index.remove_ids(np.array([-1], dtype=np.int64))
-    except RuntimeError:
-        return False
-    return True
-
-
-def _takes_selector(index: faiss.Index) -> bool:
-    """Whether `index` searches with an ID selector in plain SearchParameters (HNSW does)."""
-    params = faiss.SearchParameters(sel=faiss.IDSelectorAll())
-    try:
-        index.search(np.zeros((1, index.d), dtype=np.float32), 1, params=params)
     except RuntimeError:
         return False
     return True
@@ -450,11 +554,42 @@ def _innermost(index: faiss.Index) -> faiss.Index:
     return index
 
 
+def _unmapped(index: faiss.Index) -> faiss.Index:
+    """The index under id maps."""
+    index = faiss.downcast_index(index)
+    while isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
+        index = faiss.downcast_index(index.index)
+    return index
+
+
 def _emptied(index: faiss.Index) -> faiss.Index:
-    """A copy of `index` without its vectors: what it was trained on and its parameters stay."""
+    """A copy of `index` without its vectors: what it was trained on and its parameters stay.
+    FAISS's copy of a memory-mapped index keeps the mapped parts as views of the file (so it
+    costs little), which `reset` would abort on: they are swapped for empty ones first."""
     empty = faiss.clone_index(index)
+    _own_storage(empty)
     empty.reset()
     return empty
+
+
+def _own_storage(index: faiss.Index) -> None:
+    """Swap the parts that FAISS memory-maps (`IO_FLAG_MMAP_IFC`: flat codes, HNSW neighbour
+    lists, IVF inverted lists) for empty ones of the index's own, wherever they are inside it."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2 | faiss.IndexPreTransform):
+        _own_storage(index.index)
+    elif isinstance(index, faiss.IndexRefine):
+        _own_storage(index.base_index)
+        _own_storage(index.refine_index)
+    elif isinstance(index, faiss.IndexHNSW):
+        index.hnsw.neighbors = faiss.MaybeOwnedVectorInt32()
+        _own_storage(index.storage)
+    elif isinstance(index, faiss.IndexIVF):
+        lists = faiss.ArrayInvertedLists(index.nlist, index.code_size)
+        index.replace_invlists(lists, True)
+        lists.this.disown()  # the index owns (and deletes) it now
+    elif isinstance(index, faiss.IndexFlatCodes):
+        index.codes = faiss.MaybeOwnedVectorUInt8()
 
 
 def _first_live(rows: np.ndarray, scores: np.ndarray, live: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -467,7 +602,7 @@ def _first_live(rows: np.ndarray, scores: np.ndarray, live: np.ndarray, fetch: i
             np.where(kept, np.take_along_axis(scores, order, axis=1), -np.inf).astype(np.float32))
 
 
-def _grow(array: np.ndarray, rows: int) -> np.ndarray:
+def grow(array: np.ndarray, rows: int) -> np.ndarray:
     """`array` with room for `rows` rows; capacity doubles, so n appends copy O(n) rows in total."""
     if rows <= len(array):
         return array

@@ -24,6 +24,7 @@ from service.batcher import MicroBatcher
 from service.encoders import ItemEncoder, PreparedItem
 from service.errors import Conflict, NotFound, ServiceError
 from service.idempotency import IdempotentRequest, Reply
+from cliper.ids import IdMap
 from cliper.thumbnails import Thumbnails
 from service.catalog import ItemCatalog
 from service.metrics import Metrics
@@ -90,7 +91,7 @@ class ItemService:
         self.index = catalog.items
         self.thumbnails = thumbnails
         self.store = store
-        self._bundle_rows = {item_id: row for row, item_id in enumerate(bundle_item_ids)}
+        self._bundle_ids = IdMap.of(bundle_item_ids)  # the bundle's: is an item one of them, and its row
         self.metrics = metrics
         self.bundle_version = bundle_version
         self.batcher: MicroBatcher[PreparedItem, np.ndarray] = MicroBatcher(
@@ -121,7 +122,7 @@ class ItemService:
         vector = await self.batcher.submit(prepared)
         stored = StoredItem(item_id, dict(fields), vector, self.bundle_version, datetime.now(UTC), image)
         with self.metrics.timed("store"):
-            write = ItemWrite(stored, item_id in self._bundle_rows, replace)
+            write = ItemWrite(stored, item_id in self._bundle_ids, replace)
             reply = await self.writer.submit(PendingWrite(write, once))
         if isinstance(reply, ServiceError):
             raise reply
@@ -143,8 +144,9 @@ class ItemService:
         if self.index.row_of(item_id) is None:
             raise NotFound(f"item {item_id!r} is not in the catalog")
         image = await asyncio.to_thread(self.store.image, item_id)
-        if image is None and item_id in self._bundle_rows and self.thumbnails is not None:
-            image = self.thumbnails.get(self._bundle_rows[item_id])
+        bundle_row = self._bundle_ids.row(item_id)
+        if image is None and bundle_row is not None and self.thumbnails is not None:
+            image = self.thumbnails.get(bundle_row)
         if image is None:
             raise NotFound(f"item {item_id!r} has no image here (a bundle exported with --no-thumbnails "
                            "keeps none of its items')")
@@ -184,7 +186,7 @@ class ItemService:
             return tx.once(once, partial(self._withdraw, tx, item_id))
 
     def _withdraw(self, tx: WriteTransaction, item_id: str) -> Reply:
-        tx.delete_item(item_id, item_id in self._bundle_rows)
+        tx.delete_item(item_id, item_id in self._bundle_ids)
         return Reply(200, asdict(Withdrawn(item_id, self.index.size - 1, self.bundle_version)))
 
     def _prepare(self, fields: Mapping[str, str], image: bytes) -> PreparedItem:

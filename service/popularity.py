@@ -1,4 +1,8 @@
-"""Item popularity: bundle interaction counts plus interactions since, over live items."""
+"""Item popularity: bundle interaction counts plus interactions since, over live items.
+
+Scores are one numpy array over the rows, rebuilt after a change with a few vectorized look-ups
+(the bundle's ids are an `IdMap`: no dict of a million item ids per worker).
+"""
 
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
@@ -6,6 +10,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 
 from cliper.bundle import LoadedBundle
+from cliper.ids import IdMap
 from service.index import ItemIndex
 
 MAX_K = 1000
@@ -18,7 +23,7 @@ class Popularity:
         """`extra`: interactions per item since the bundle, as `extra()` of an earlier run gave them."""
         self._index = index
         self._base = bundle.popularity.astype(np.float64)
-        self._bundle_rows = {item_id: row for row, item_id in enumerate(bundle.item_ids)}
+        self._bundle_ids = IdMap.of(bundle.item_ids)
         self._extra: Counter[str] = Counter(extra or {})
         self._changes = 0
         self._ranking: list[tuple[str, float]] = []
@@ -68,13 +73,13 @@ class Popularity:
         live = self._index.live_mask()
         scores = np.zeros(len(live))
         scores[: len(self._base)] = self._base
-        for row in np.flatnonzero(live[len(self._base) :]) + len(self._base):
-            bundle_row = self._bundle_rows.get(self._index.item_id(row))
-            if bundle_row is not None:  # a replaced catalog item keeps its popularity
-                scores[row] = self._base[bundle_row]
-        for item_id, count in self._extra.items():
-            row = self._index.row_of(item_id)
-            if row is not None:
-                scores[row] += count
+        added = np.flatnonzero(live[len(self._base) :]) + len(self._base)
+        bundle_rows = self._bundle_ids.rows([self._index.item_id(row) for row in added.tolist()])
+        replaced = bundle_rows >= 0  # a replaced catalog item keeps its popularity
+        scores[added[replaced]] = self._base[bundle_rows[replaced]]
+        item_ids = list(self._extra)
+        rows = self._index.live_rows(item_ids)
+        counts = np.array([self._extra[item_id] for item_id in item_ids], dtype=np.float64)
+        np.add.at(scores, rows[rows >= 0], counts[rows >= 0])
         scores[~live] = -np.inf
         return scores

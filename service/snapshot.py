@@ -9,12 +9,14 @@ whichever store (SQLite, PostgreSQL) keeps the logs.
 
 One snapshot is a folder `SNAPSHOT_DIR/snapshot-<item seq>-<interaction seq>-<random>/`:
 
-- `manifest.json`: the format, the key, the positions, and every other file's size and sha256;
-- `index.faiss` (`faiss.serialize_index`), `ids.json`, `live.npy`, `vectors.npy` (live rows
-  only), `tombstones.npy`: the item index's `IndexState` (`service.index`); `clip_index.faiss`,
-  `clip_vectors.npy` and `clip_tombstones.npy` the CLIP index's (the same rows, ids and live
-  mask); `view_weights.npy` every row's view weights and `ingested_fields.json` the text fields
-  of the rows added after the bundle's;
+- `manifest.json`: the format, the key, the positions, the bundle's rows, whether each index still
+  searches the bundle's, and every other file's size and sha256;
+- `index.faiss` (the additions index, `faiss.serialize_index`), `ids.json`, `live.npy`,
+  `vectors.npy`, `tombstones.npy`: the item index's `IndexState` (`service.index`), relative to
+  the bundle: ids and vectors of the rows added after the bundle's only (the live ones' vectors),
+  the live mask over all rows; `clip_index.faiss`, `clip_vectors.npy` and `clip_tombstones.npy`
+  the CLIP index's (the same rows, ids and live mask); `view_weights.npy` and
+  `ingested_fields.json` the view weights and text fields of the rows added after the bundle's;
 - `seen.json`, `stats_users.json`, `stats_count.npy`, `stats_total.npy` (and `stats_gram.npy`
   for a rule with Gram matrices): the users' `Folded` state (`service.users`);
 - `popularity.json`: interactions per item since the bundle.
@@ -59,7 +61,7 @@ from service.users import Folded
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2
+FORMAT = 3  # 3: relative to the bundle (its rows' ids, vectors and index are the bundle's)
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
 LOCK = ".lock"
@@ -230,12 +232,12 @@ def _write_files(folder: Path, snapshot: Snapshot) -> None:
     index, clip = catalog.items, catalog.clip
     dim = index.live_vectors.shape[1]
     contents = {
-        "index.faiss": memoryview(index.faiss_index),
+        "index.faiss": memoryview(index.additions),
         "ids.json": _json(index.ids),
         "live.npy": _npy(index.live),
         "vectors.npy": _npy(index.live_vectors),
         "tombstones.npy": _npy(index.tombstones),
-        "clip_index.faiss": memoryview(clip.faiss_index),
+        "clip_index.faiss": memoryview(clip.additions),
         "clip_vectors.npy": _npy(clip.live_vectors),
         "clip_tombstones.npy": _npy(clip.tombstones),
         "view_weights.npy": _npy(catalog.view_weights),
@@ -260,8 +262,9 @@ def _write_files(folder: Path, snapshot: Snapshot) -> None:
         "format": FORMAT, "bundle_version": snapshot.key.bundle_version,
         "store_identity": snapshot.key.store_identity, "fold_in_rule": snapshot.key.fold_in_rule,
         "item_seq": snapshot.position.item_seq, "interaction_seq": snapshot.position.interaction_seq,
-        "created_at": time.time(), "dim": dim, "clip_dim": clip.live_vectors.shape[1], "rows": len(index.ids),
-        "live": int(index.live.sum()),
+        "created_at": time.time(), "dim": dim, "clip_dim": clip.live_vectors.shape[1], "rows": len(index.live),
+        "bundle_rows": len(index.live) - len(index.ids), "live": int(index.live.sum()),
+        "uses_base": index.uses_base, "clip_uses_base": clip.uses_base,
         "files": files,
     }
     with (folder / MANIFEST).open("w") as handle:
@@ -279,14 +282,15 @@ def _read(info: SnapshotInfo) -> Snapshot:
     if rule.needs_gram != ("stats_gram.npy" in expected):
         raise SnapshotError(f"its fold-in sums do not suit rule {info.key.fold_in_rule!r}")
     ids = json.loads(blobs["ids.json"])
-    live = _array(blobs["live.npy"], np.bool_, (len(ids),))
+    bundle_rows = int(manifest["bundle_rows"])
+    live = _array(blobs["live.npy"], np.bool_, (bundle_rows + len(ids),))
     dim = int(manifest["dim"])
-    index = _index_state(blobs, "", ids, live, dim)
-    clip = _index_state(blobs, "clip_", ids, live, int(manifest["clip_dim"]))
+    index = _index_state(blobs, "", bool(manifest["uses_base"]), ids, live, dim)
+    clip = _index_state(blobs, "clip_", bool(manifest["clip_uses_base"]), ids, live, int(manifest["clip_dim"]))
     weights = _array(blobs["view_weights.npy"], np.float32, None)
     ingested = {int(row): fields for row, fields in json.loads(blobs["ingested_fields.json"]).items()}
     if len(weights) != len(ids):
-        raise SnapshotError(f"it has view weights of {len(weights)} rows, and {len(ids)} rows")
+        raise SnapshotError(f"it has view weights of {len(weights)} added rows, and {len(ids)} added rows")
     stats_users = json.loads(blobs["stats_users.json"])
     counts = _array(blobs["stats_count.npy"], np.int64, (len(stats_users),))
     totals = _array(blobs["stats_total.npy"], np.float64, (len(stats_users), dim))
@@ -300,13 +304,15 @@ def _read(info: SnapshotInfo) -> Snapshot:
                     Folded(seen, stats_users, counts, totals, grams), popularity)
 
 
-def _index_state(blobs: dict[str, bytes], prefix: str, ids: list[str], live: np.ndarray, dim: int) -> IndexState:
+def _index_state(blobs: dict[str, bytes], prefix: str, uses_base: bool, ids: list[str], live: np.ndarray,
+                 dim: int) -> IndexState:
     """One index's state from the files named `prefix` + index.faiss, vectors.npy, tombstones.npy."""
-    state = IndexState(np.frombuffer(blobs[f"{prefix}index.faiss"], dtype=np.uint8), ids, live,
-                       _array(blobs[f"{prefix}vectors.npy"], np.float32, (int(live.sum()), dim)),
+    added_live = int(live[len(live) - len(ids) :].sum())
+    state = IndexState(uses_base, np.frombuffer(blobs[f"{prefix}index.faiss"], dtype=np.uint8), ids, live,
+                       _array(blobs[f"{prefix}vectors.npy"], np.float32, (added_live, dim)),
                        _array(blobs[f"{prefix}tombstones.npy"], np.int64, None))
     tombstones = state.tombstones
-    if len(tombstones) and (tombstones.min() < 0 or tombstones.max() >= len(ids) or live[tombstones].any()):
+    if len(tombstones) and (tombstones.min() < 0 or tombstones.max() >= len(live) or live[tombstones].any()):
         raise SnapshotError("its tombstones are not dead rows")
     return state
 

@@ -156,4 +156,4 @@ class Snapshotter:
         if path is not None:
             log.info("snapshot %s: copied on the event loop in %.1f ms, written in %.2fs (item seq %d, interaction "
                      "seq %d, %d rows)", path.name, copy_s * 1000, time.perf_counter() - started,
-                     snapshot.position.item_seq, snapshot.position.interaction_seq, len(snapshot.catalog.items.ids))
+                     snapshot.position.item_seq, snapshot.position.interaction_seq, len(snapshot.catalog.items.live))

@@ -14,16 +14,25 @@ brand-new user is personalised from their first interaction on. Each interaction
 item's vector at that moment and folded into running sums in log order, so the rule replays
 exactly after a restart. A user with neither a bundle vector nor interactions gets the
 popularity ranking, flagged as a fallback.
+
+The bundle's users are looked up in its memory-mapped `IdMap` (`cliper.ids`), their vectors and
+seen items read from its memory-mapped arrays: a start-up builds nothing per user, which at 10^7
+users would take minutes and gigabytes in every worker. The last `USER_ROWS_CACHED` users' rows
+are remembered (a request looks its user up several times).
 """
 
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 from cliper.bundle import LoadedBundle
 from cliper.foldin import DEFAULT_FOLD_IN_RULE, FoldInStats, Prior, fold_in_rule
+from cliper.ids import IdMap
+
+USER_ROWS_CACHED = 4096
 
 
 @dataclass
@@ -50,13 +59,14 @@ class UserState:
     def __init__(self, bundle: LoadedBundle, rule: str = DEFAULT_FOLD_IN_RULE, folded: Folded | None = None) -> None:
         """`folded`: where interactions had brought the users (`folded()` of an earlier run)."""
         self.rule = rule
-        self._rows = {user_id: row for row, user_id in enumerate(bundle.user_ids)}
+        self._ids = IdMap.of(bundle.user_ids)
+        self._row = lru_cache(maxsize=USER_ROWS_CACHED)(self._ids.row)
         self.dim = bundle.manifest.dims.item
         self._rule = fold_in_rule(rule)
         self._vectors = bundle.user_vectors
         self._item_vectors = bundle.item_vectors
         self._seen = bundle.seen
-        self._bundle_item_ids = bundle.item_ids
+        self._bundle_item_ids = IdMap.of(bundle.item_ids)
         self._new_seen: dict[str, list[str]] = {} if folded is None else folded.seen
         self._stats: dict[str, FoldInStats] = {} if folded is None else folded.stats()
 
@@ -73,13 +83,13 @@ class UserState:
 
     def some(self, limit: int) -> list[str]:
         """Up to `limit` known users: the bundle's first, then those folded in since."""
-        users = list(itertools.islice(self._rows, limit))
-        return users + [user for user in itertools.islice(self._stats, limit) if user not in self._rows][
+        users = list(itertools.islice(self._ids, limit))
+        return users + [user for user in itertools.islice(self._stats, limit) if self._row(user) is None][
             : limit - len(users)]
 
     def known(self, user_id: str) -> bool:
         """Whether the user has a vector (from the bundle or folded in)."""
-        return user_id in self._rows or user_id in self._stats
+        return user_id in self._stats or self._row(user_id) is not None
 
     def generation(self, user_id: str) -> int:
         """How many interactions the user has had since the bundle (part of the cache key)."""
@@ -87,7 +97,7 @@ class UserState:
 
     def vector(self, user_id: str) -> np.ndarray:
         """The user's vector by the fold-in rule (module docstring); the user must be `known`."""
-        row = self._rows.get(user_id)
+        row = self._row(user_id)
         stats = self._stats.get(user_id)
         if stats is None:
             return self._vectors[row]
@@ -95,9 +105,9 @@ class UserState:
         return self._rule(prior, stats)
 
     def seen_item_ids(self, user_id: str) -> Iterator[str]:
-        row = self._rows.get(user_id)
+        row = self._row(user_id)
         if row is not None:
-            yield from (self._bundle_item_ids[item] for item in self._seen.items_of(row))
+            yield from (self._bundle_item_ids[item] for item in self._seen.items_of(row).tolist())
         yield from self._new_seen.get(user_id, ())
 
     def record(self, user_id: str, item_ids: Sequence[str], vectors: np.ndarray | None) -> None:

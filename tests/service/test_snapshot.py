@@ -231,12 +231,15 @@ def test_fold_in_sums_with_gram_matrices_are_kept_for_their_rule_only(tmp_path: 
     clip_vectors = rng.normal(size=(20, 6)).astype(np.float32)
     clip = ItemIndex(build_index(clip_vectors, "Flat")[0], [f"i{i}" for i in range(20)], clip_vectors)
     weights = rng.dirichlet(np.ones(3), 20).astype(np.float32)
-    catalog = CatalogState(index.state(), clip.state(), weights, {20: {"title": "an ingested mug"}})
+    index.put("i20", vectors[0])
+    clip.put("i20", clip_vectors[0])
+    catalog = CatalogState(index.state(), clip.state(), weights[:1], {20: {"title": "an ingested mug"}})
     folder.write(Snapshot(key, LogPosition(3, 4), catalog, users, {"i1": 1}))
     loaded = folder.load(key, lambda snapshot: snapshot)
     assert loaded is not None and loaded.position == LogPosition(3, 4)
-    np.testing.assert_array_equal(loaded.catalog.clip.live_vectors, clip_vectors)
-    np.testing.assert_array_equal(loaded.catalog.view_weights, weights)
+    np.testing.assert_array_equal(loaded.catalog.clip.live_vectors, clip_vectors[:1])  # the added row's only
+    assert loaded.catalog.clip.ids == ["i20"] and len(loaded.catalog.clip.live) == 21
+    np.testing.assert_array_equal(loaded.catalog.view_weights, weights[:1])
     assert loaded.catalog.ingested_fields == {20: {"title": "an ingested mug"}}
     assert loaded.users.seen == users.seen and loaded.users.stats_users == ["u1", "u2"]
     np.testing.assert_array_equal(loaded.users.grams, grams)
