@@ -286,21 +286,23 @@ def refit_run(
 
     `evaluation` is the evaluation run's metrics (its best epoch sets the length), or the
     reason there is none (then `REFIT_EPOCHS_UNEVALUATED` epochs). Its metrics are recorded
-    under `evaluation`, so a bundle exported from the refit carries them. With content mode
-    `validated` the refit takes the fusion the evaluation chose (the paper's attention when
-    there was no evaluation).
+    under `evaluation`, so a bundle exported from the refit carries them, and so is the fusion
+    the evaluation chose on validation (`fusion_choice`). With content mode `validated` the
+    refit takes that fusion (the paper's attention when there was no evaluation); the
+    evaluation run's `config.yaml` already names it.
     """
     evaluated = isinstance(evaluation, dict)
     epochs = evaluation["best_epoch"] if evaluated else REFIT_EPOCHS_UNEVALUATED
     split = cfg.split.model_copy(update={"method": "none", "k_core": None, "cold_item_ratio": None})
     refit = cfg.model_copy(update={"split": split, "epochs": epochs, "out": Path(out)})
     record = {"refit": True, "evaluation": evaluation if evaluated else {"skipped": evaluation}}
+    choice = evaluation.get("fusion_choice") if evaluated else None
+    if choice is not None:
+        record["fusion_choice"] = choice
     if cfg.validates_fusion:
-        choice = evaluation.get("fusion_choice") if evaluated else None
         if choice is None:
             refit = refit.model_copy(update={"content_mode": None})
             record["fusion_choice"] = {"skipped": "no evaluation chose a fusion: the paper's attention"}
         else:
             refit = refit.with_fusion(from_description(choice["chosen"], cfg.model_spec()))
-            record["fusion_choice"] = choice
     return train_run(refit, progress, record)

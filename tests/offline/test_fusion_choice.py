@@ -90,6 +90,14 @@ def test_the_refit_takes_the_chosen_fusion_and_the_bundle_records_the_grid(
     ]
 
 
+def test_a_refit_by_hand_from_the_evaluation_folder_keeps_its_choice(validated: Path, tmp_path: Path) -> None:
+    """`offline refit --run RUN` reads RUN's config.yaml, which names the chosen fusion."""
+    evaluation = json.loads((validated / "metrics.json").read_text())
+    refit = refit_run(RunConfig.from_yaml(validated / "config.yaml"), tmp_path / "refit", evaluation, progress=False)
+    assert refit["content_mode"] == evaluation["fusion_choice"]["chosen"]["mode"]
+    assert refit["fusion_choice"] == evaluation["fusion_choice"]
+
+
 def test_a_refit_without_evaluation_falls_back_to_the_papers_attention(validated: Path, tmp_path: Path) -> None:
     config = RunConfig.from_yaml(validated / "config.yaml").model_copy(update={"content_mode": "validated"})
     refit = refit_run(config, tmp_path / "refit", "too few interactions", progress=False)
