@@ -1,6 +1,7 @@
 """service.index.ItemIndex: add / replace / remove / search, exact after removals (Flat, HNSW, IVF),
-tombstone compaction, concurrent use; filtered search against brute force; and deletes over HTTP
-on an IVF bundle."""
+tombstone compaction, concurrent use; filtered search against brute force; a memory-mapped base
+index that is never changed, and snapshots of the index relative to it; and deletes over HTTP on
+an IVF bundle."""
 
 import functools
 import subprocess
@@ -17,7 +18,7 @@ from served import served
 from service_testing import item_body
 
 from cliper.bundle import build_index, read_bundle
-from service.index import EXACT_MAX_ROWS, FEW_EXCLUDES, ItemIndex
+from service.index import EXACT_MAX_ROWS, FEW_EXCLUDES, ItemIndex, RowVectors
 
 K = 8
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,14 +89,25 @@ def search_params(factory: str) -> str:
     return "efSearch=512" if factory.startswith("HNSW") else ""
 
 
-class Catalog:
-    """An ItemIndex beside the truth it should serve: item id -> vector of every live item."""
+def mapped(index: faiss.Index, path: Path) -> faiss.Index:
+    """`index` written to `path` and read back memory-mapped, as `cliper.bundle.read_bundle` reads
+    it: FAISS aborts the process on any change to it."""
+    faiss.write_index(index, str(path))
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
 
-    def __init__(self, factory: str, n: int, seed: int = 0, **options: float) -> None:
+
+class Catalog:
+    """An ItemIndex beside the truth it should serve: item id -> vector of every live item. With
+    `folder`, its base index is memory-mapped from a file there."""
+
+    def __init__(self, factory: str, n: int, seed: int = 0, folder: Path | None = None, **options: float) -> None:
         self.rng = np.random.default_rng(seed)
         vectors = self.unit(n)
         index, _ = build_index(vectors, factory, search_params(factory))
-        self.index = ItemIndex(index, [f"i{row}" for row in range(n)], vectors, **options)
+        if folder is not None:
+            index = mapped(index, folder / "index.faiss")
+        self.base: tuple[faiss.Index, list[str], RowVectors] = (index, [f"i{row}" for row in range(n)], vectors)
+        self.index = ItemIndex(*self.base, **options)
         self.truth = {f"i{row}": vector for row, vector in enumerate(vectors)}
         self.added = 0
 
@@ -474,3 +486,64 @@ def test_deletes_and_replacements_over_http_on_an_ivf_bundle(tmp_path: Path) -> 
     candidates = [item_id for item_id in vectors if item_id not in set(factory.seen[user])]
     scores = np.stack([vectors[item_id] for item_id in candidates]) @ bundle.user_vectors[bundle.user_ids.index(user)]
     assert ids == [candidates[i] for i in np.argsort(-scores)]
+
+
+# --- the bundle's index memory-mapped: shared, never changed (issue 17) -----------------------
+
+
+@pytest.mark.parametrize(("factory", "n"), EXACT_CASES)
+def test_a_mapped_base_stays_exact_through_changes_and_a_compaction(factory: str, n: int, tmp_path: Path) -> None:
+    """Removals of bundle rows are tombstones in the mapped base, additions go to an index of this
+    process's own; past the threshold one index of its own replaces both."""
+    catalog = Catalog(factory, n, folder=tmp_path, compact_min=12, compact_ratio=0.0)
+    queries = catalog.unit(6)
+    for step in range(24):
+        match step % 3:
+            case 0:
+                catalog.delete(catalog.exact(queries[step % len(queries)], 1)[0])
+            case 1:
+                catalog.put(catalog.live_id())
+            case 2:
+                catalog.add()
+        catalog.check(queries)
+        if catalog.index.compacting:
+            catalog.index.wait_for_compaction(timeout=60)
+    assert not catalog.index.shares_base  # compacted: 16 withdrawn rows, past the 12
+    catalog.check(queries)
+    catalog.delete(catalog.live_id())
+    catalog.add()
+    catalog.check(queries)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF16,Flat"])
+def test_a_state_restores_the_index_over_the_same_base(factory: str, tmp_path: Path) -> None:
+    """A snapshot's state holds what was added to the bundle only; restored over the same (mapped)
+    base, the index answers as the one it was taken from, also after a compaction."""
+    n = 2000 if factory.startswith("IVF") else 500
+    catalog = Catalog(factory, n, folder=tmp_path, compact_min=30, compact_ratio=0.0)
+    queries = catalog.unit(6)
+    replaced = [catalog.live_id() for _ in range(5)]
+    for item_id in replaced:
+        catalog.put(item_id)
+    added = [catalog.add() for _ in range(5)]
+    catalog.delete(added[0])
+    catalog.delete(replaced[0])
+    catalog.delete("i7" if "i7" in catalog.truth else catalog.live_id())
+    for compacted in (False, True):
+        state = catalog.index.state()
+        assert state.uses_base != compacted
+        assert len(state.ids) == catalog.index.n_rows - n and len(state.live) == catalog.index.n_rows
+        assert len(state.live_vectors) == sum(state.live[n:])  # the added rows' only, not the bundle's
+        restored = ItemIndex.restore(state, mapped(catalog.base[0], tmp_path / f"again-{compacted}.faiss"),
+                                     *catalog.base[1:], compact_min=30, compact_ratio=0.0)
+        assert restored.size == catalog.index.size == len(catalog.truth)
+        assert restored.shares_base != compacted and restored.tombstones == catalog.index.tombstones
+        assert all(restored.row_of(item_id) == catalog.index.row_of(item_id) for item_id in catalog.truth)
+        assert restored.row_of(added[0]) is None and restored.row_of(replaced[0]) is None
+        for mine, theirs in zip(restored.search(queries, 10), catalog.index.search(queries, 10), strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+        catalog.index = restored
+        catalog.check(queries)
+        for _ in range(31):  # past the threshold: the next state is of a compacted index
+            catalog.delete(catalog.live_id())
+        catalog.index.wait_for_compaction(timeout=60)
