@@ -75,7 +75,8 @@ def timed(name: str, command: list[str]) -> float:
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     seconds = time.perf_counter() - started
-    tail = "\n    ".join((done.stdout + done.stderr).strip().splitlines()[-4:])
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip() and "%|" not in line]
+    tail = "\n    ".join(lines[-4:])  # progress bars left out
     print(f"[{name}] {seconds:.0f} s, exit {done.returncode}\n    {tail}", flush=True)
     if done.returncode:
         raise SystemExit(f"{name} failed: {' '.join(command)}")
