@@ -34,5 +34,11 @@ bench-serve: $(STAMP)
 	bash scripts/ensure_wrk.sh
 	$(PY) scripts/bench_serve.py
 
+# On a CUDA machine, once `scripts/gpu_check.sh receive` has every part that `scripts/gpu_wheels.sh`
+# made (README: GPU check); needs no .venv there.
+.PHONY: gpu-check
+gpu-check:
+	bash scripts/gpu_check.sh check
+
 clean:
 	rm -rf build .pytest_cache
