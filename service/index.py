@@ -499,9 +499,11 @@ def _merged(answers: list[tuple[np.ndarray, np.ndarray]], fetch: int) -> tuple[n
         rows, scores = answers[0]
         return rows[:, :fetch], scores[:, :fetch]
     rows = np.concatenate([rows for rows, _ in answers], axis=1)
-    scores = np.concatenate([np.where(rows >= 0, scores, -np.inf) for rows, scores in answers], axis=1)
+    scores = np.concatenate([scores for _, scores in answers], axis=1)
+    scores[rows < 0] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, :fetch]
-    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1).astype(np.float32)
+    queries = np.arange(len(rows))[:, None]
+    return rows[queries, order], scores[queries, order]
 
 
 def _is_ivf(index: faiss.Index) -> bool:

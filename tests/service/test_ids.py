@@ -46,12 +46,17 @@ def test_ids_that_are_not_there(tmp_path: Path) -> None:
         loaded.index("app")
 
 
-def test_many_rows_at_once_match_a_dict() -> None:
+def test_many_rows_at_once_match_a_dict(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cliper.ids.ROWS_CACHED", 500)  # the memo fills and empties along the way
     ids = random_ids(5000, seed=1)
     id_map = IdMap.of(ids)
     probes = random_ids(2000, seed=2)
     truth = {item_id: row for row, item_id in enumerate(ids)}
-    assert id_map.rows(probes).tolist() == [truth.get(item_id, -1) for item_id in probes]
+    expected = [truth.get(item_id, -1) for item_id in probes]
+    for _ in range(2):  # the second time, some of them remembered
+        assert id_map.rows(probes).tolist() == expected
+        assert [id_map.row(item_id) for item_id in probes[::-1]] == [None if row < 0 else row for row in expected[::-1]]
+        assert id_map.rows(probes[:300]).tolist() == expected[:300]
     assert sum(item_id in truth for item_id in probes) > 100  # the probes do hit
 
 
