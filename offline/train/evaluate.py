@@ -139,6 +139,7 @@ def evaluate_ranking(
         kept = columns >= 0
         scores[rows[kept], columns[kept]] = -torch.inf
         top = torch.topk(scores, k_top, dim=1)
+        del scores  # before the next batch's scores are allocated: one batch alive at a time
         ranked = ids[top.indices].cpu().numpy()
         batches.append(targets.contains(batch, ranked) & torch.isfinite(top.values).cpu().numpy())
     hits = np.concatenate(batches) if batches else np.zeros((0, k_top), dtype=bool)

@@ -234,16 +234,18 @@ def test_batches_fit_the_score_budget_at_ten_times_amazon_clothing() -> None:
 
 
 def test_evaluation_memory_does_not_grow_with_users_times_items() -> None:
-    # 2,000 users x 50,000 items: one batch of float32 scores would be 400 MB
+    # 2,000 users x 50,000 items: one batch of float32 scores for all would be 400 MB; in batches
+    # of 64 MiB, one batch's scores alone may be alive (two overlapping took 128 MB)
     rng = np.random.default_rng(1)
     n_users, n_items = 2_000, 50_000
     user_vectors = torch.from_numpy(rng.standard_normal((n_users, 16)).astype(np.float32))
     item_vectors = torch.from_numpy(rng.standard_normal((n_items, 16)).astype(np.float32))
     targets = UserItems(np.column_stack([np.arange(n_users), rng.integers(0, n_items, n_users)]), n_users)
     exclude = UserItems(np.column_stack([np.arange(n_users), rng.integers(0, n_items, n_users)]), n_users)
-    evaluate_ranking(user_vectors, item_vectors, targets, exclude, score_bytes=16 * 2**20)  # torch's one-off setup
+    budget = 64 * 2**20
+    evaluate_ranking(user_vectors, item_vectors, targets, exclude, score_bytes=budget)  # torch's one-off setup
     if not reset_peak_rss():
         pytest.skip("cannot reset the peak RSS here")
     before = peak_rss_bytes()
-    evaluate_ranking(user_vectors, item_vectors, targets, exclude, score_bytes=16 * 2**20)
-    assert peak_rss_bytes() - before < 64 * 2**20
+    evaluate_ranking(user_vectors, item_vectors, targets, exclude, score_bytes=budget)
+    assert peak_rss_bytes() - before < 1.25 * budget
