@@ -101,6 +101,8 @@ def measure(
     warm = torch.from_numpy(~evaluator.cold)
     knn_stand_in = name == "freedom" and split.n_warm_items > max_knn_items
     if knn_stand_in:
+        if not hasattr(freedom, "knn_table"):
+            raise RuntimeError("offline.models.freedom no longer builds its graph with knn_table: update the stand-in")
         freedom.knn_table = random_knn_table
     gc.collect()
     reset_peak_rss()
