@@ -19,7 +19,6 @@ on disk.
 """
 
 from collections.abc import Iterable, Iterator, Sequence
-from operator import index as as_int
 from pathlib import Path
 from typing import overload
 
@@ -90,7 +89,7 @@ class IdMap(Sequence[str]):
     def __getitem__(self, row: int | slice) -> str | list[str]:
         if isinstance(row, slice):
             return [value.decode() for value in self._ids[row].tolist()]
-        return self._ids[as_int(row)].decode()
+        return self._ids[row].decode()
 
     def __iter__(self) -> Iterator[str]:
         for start in range(0, len(self._ids), _CHUNK):
@@ -134,15 +133,19 @@ class IdMap(Sequence[str]):
             self._remember(item_id, row)
         return None if row < 0 else row
 
-    def rows(self, item_ids: Sequence[str]) -> np.ndarray:
-        """The row of each of `item_ids` (int64), -1 where it is not one of the ids."""
+    def ids_of(self, rows: np.ndarray) -> list[str]:
+        """The ids of `rows` (an int array), in one numpy call."""
+        return [value.decode() for value in self._ids[rows].tolist()]
+
+    def rows(self, item_ids: Sequence[str]) -> list[int]:
+        """The row of each of `item_ids`, -1 where it is not one of the ids."""
         memo = self._memo
-        found = np.array([memo.get(item_id, -2) for item_id in item_ids], dtype=np.int64)
-        unknown = np.flatnonzero(found == -2)
-        if len(unknown):
+        found = [memo.get(item_id, -2) for item_id in item_ids]
+        unknown = [i for i, row in enumerate(found) if row == -2]
+        if unknown:
             missing = [item_ids[i] for i in unknown]
-            found[unknown] = self._search(missing)
-            for item_id, row in zip(missing, found[unknown].tolist(), strict=True):
+            for i, item_id, row in zip(unknown, missing, self._search(missing).tolist(), strict=True):
+                found[i] = row
                 self._remember(item_id, row)
         return found
 

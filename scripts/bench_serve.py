@@ -156,8 +156,9 @@ def raw_encoders(bundle_dir: Path, bodies: list[dict], batch_sizes: tuple[int, .
 
 
 @contextmanager
-def serve(bundle_dir: Path, work: Path, port: int, *extra: str) -> Iterator[str]:
-    """`python -m service` in a subprocess until the block ends; yields its base URL."""
+def service_process(bundle_dir: Path, work: Path, port: int, *extra: str) -> Iterator[tuple[str, subprocess.Popen, float]]:
+    """`python -m service` in a subprocess until the block ends; yields its base URL, the process
+    and the seconds it took to answer /health/ready."""
     data_dir = Path(tempfile.mkdtemp(prefix="service-data-", dir=work))
     log = (work / f"service-{port}.log").open("w")
     command = [sys.executable, "-m", "service", "--bundle", str(bundle_dir), "--port", str(port),
@@ -167,12 +168,19 @@ def serve(bundle_dir: Path, work: Path, port: int, *extra: str) -> Iterator[str]
     try:
         waited = wait_until_ready(base, process, timeout_s=600, poll_s=0.2, output=lambda: f"see {log.name}")
         print(f"  service ready in {waited:.1f}s ({' '.join(extra)})", flush=True)
-        yield base
+        yield base, process, waited
     finally:
         process.terminate()
         process.wait(timeout=60)
         log.close()
         shutil.rmtree(data_dir)
+
+
+@contextmanager
+def serve(bundle_dir: Path, work: Path, port: int, *extra: str) -> Iterator[str]:
+    """`python -m service` in a subprocess until the block ends; yields its base URL."""
+    with service_process(bundle_dir, work, port, *extra) as (base, _, _):
+        yield base
 
 
 async def load(base: str, concurrency: int, n: int,

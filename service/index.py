@@ -217,22 +217,22 @@ class ItemIndex:
     def item_id(self, row: int) -> str:
         return self._base_ids[row] if row < self._n_base else self._ids[row - self._n_base]
 
-    def live_rows(self, item_ids: Sequence[str]) -> np.ndarray:
+    def live_rows(self, item_ids: Sequence[str]) -> list[int]:
         """The live row of each of `item_ids` (-1 where it is not live): one look-up in the
-        bundle's ids for all of those not added since."""
-        rows = np.array([self._rows.get(item_id, -1) for item_id in item_ids], dtype=np.int64)
-        rest = np.flatnonzero(rows < 0)
-        if len(rest):
-            found = self._base_ids.rows([item_ids[i] for i in rest])
-            known = found >= 0
-            known[known] = self._live[found[known]]
-            rows[rest] = np.where(known, found, -1)
+        bundle's ids for all of those not added since. Plain Python: a request's few ids (its
+        user's seen items) cost less so than through numpy's per-call overhead."""
+        rows = [self._rows.get(item_id, -1) for item_id in item_ids]
+        rest = [i for i, row in enumerate(rows) if row < 0]
+        if rest:
+            live = self._live
+            for i, row in zip(rest, self._base_ids.rows([item_ids[i] for i in rest]), strict=True):
+                if row >= 0 and live[row]:
+                    rows[i] = row
         return rows
 
     def rows_of(self, item_ids: Iterable[str]) -> set[int]:
         """The live rows of those of `item_ids` that are live."""
-        rows = self.live_rows(list(item_ids))
-        return set(rows[rows >= 0].tolist())
+        return {row for row in self.live_rows(list(item_ids)) if row >= 0}
 
     def vectors(self, rows: Sequence[int]) -> np.ndarray:
         with self._lock:

@@ -74,11 +74,12 @@ class Popularity:
         scores = np.zeros(len(live))
         scores[: len(self._base)] = self._base
         added = np.flatnonzero(live[len(self._base) :]) + len(self._base)
-        bundle_rows = self._bundle_ids.rows([self._index.item_id(row) for row in added.tolist()])
+        bundle_rows = np.array(self._bundle_ids.rows([self._index.item_id(row) for row in added.tolist()]),
+                               dtype=np.int64)
         replaced = bundle_rows >= 0  # a replaced catalog item keeps its popularity
         scores[added[replaced]] = self._base[bundle_rows[replaced]]
         item_ids = list(self._extra)
-        rows = self._index.live_rows(item_ids)
+        rows = np.array(self._index.live_rows(item_ids), dtype=np.int64)
         counts = np.array([self._extra[item_id] for item_id in item_ids], dtype=np.float64)
         np.add.at(scores, rows[rows >= 0], counts[rows >= 0])
         scores[~live] = -np.inf

@@ -103,7 +103,7 @@ class UserState:
     def seen_item_ids(self, user_id: str) -> Iterator[str]:
         row = self._ids.row(user_id)
         if row is not None:
-            yield from (self._bundle_item_ids[item] for item in self._seen.items_of(row).tolist())
+            yield from self._bundle_item_ids.ids_of(self._seen.items_of(row))
         yield from self._new_seen.get(user_id, ())
 
     def record(self, user_id: str, item_ids: Sequence[str], vectors: np.ndarray | None) -> None:

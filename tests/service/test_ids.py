@@ -27,6 +27,7 @@ def test_rows_and_ids_round_trip_through_the_files(tmp_path: Path) -> None:
     truth = {item_id: row for row, item_id in enumerate(ids)}
     assert len(loaded) == len(ids) and list(loaded) == ids and loaded[5:9] == ids[5:9]
     assert all(loaded[row] == item_id for row, item_id in enumerate(ids))
+    assert loaded.ids_of(np.array([9, 0, 9, len(ids) - 1])) == [ids[9], ids[0], ids[9], ids[-1]]
     assert all(loaded.row(item_id) == row for item_id, row in truth.items())
     assert loaded == ids and loaded != ids[::-1] and loaded != ids[:-1] and loaded == IdMap.of(ids)
     assert loaded + ["extra"] == [*ids, "extra"]
@@ -39,8 +40,8 @@ def test_ids_that_are_not_there(tmp_path: Path) -> None:
     absent = ["", "app", "apples", "apricots", "a" * 40, "banana\0", "zzz", "\0", "\ud800", "E", "appl"]
     assert [loaded.row(item_id) for item_id in absent] == [None] * len(absent)
     probes = ["banana", *absent, "apple", "é"]
-    assert loaded.rows(probes).tolist() == [2] + [-1] * len(absent) + [0, 3]
-    assert loaded.rows([]).tolist() == []
+    assert loaded.rows(probes) == [2] + [-1] * len(absent) + [0, 3]
+    assert loaded.rows([]) == []
     assert "app" not in loaded and 3 not in loaded
     with pytest.raises(ValueError, match="is not in the ids"):
         loaded.index("app")
@@ -54,9 +55,9 @@ def test_many_rows_at_once_match_a_dict(monkeypatch: pytest.MonkeyPatch) -> None
     truth = {item_id: row for row, item_id in enumerate(ids)}
     expected = [truth.get(item_id, -1) for item_id in probes]
     for _ in range(2):  # the second time, some of them remembered
-        assert id_map.rows(probes).tolist() == expected
+        assert id_map.rows(probes) == expected
         assert [id_map.row(item_id) for item_id in probes[::-1]] == [None if row < 0 else row for row in expected[::-1]]
-        assert id_map.rows(probes[:300]).tolist() == expected[:300]
+        assert id_map.rows(probes[:300]) == expected[:300]
     assert sum(item_id in truth for item_id in probes) > 100  # the probes do hit
 
 
@@ -69,7 +70,7 @@ def test_bad_ids_are_refused() -> None:
 
 def test_no_ids() -> None:
     empty = IdMap.of([])
-    assert len(empty) == 0 and list(empty) == [] and empty.row("a") is None and empty.rows(["a"]).tolist() == [-1]
+    assert len(empty) == 0 and list(empty) == [] and empty.row("a") is None and empty.rows(["a"]) == [-1]
     assert empty == []
 
 
