@@ -87,14 +87,26 @@ class ItemFieldRows(Sequence[dict[str, str]]):
             raise IndexError(f"item row {row} out of range for {len(self)} items")
         return _checked(self._parse(row % len(self), row % len(self) + 1)[0], row)
 
-    def column(self, name: str) -> Iterator[str]:
-        """Every row's value of field `name` ("" where it has none), in row order."""
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        """Every row's fields, in row order (parsed a block of rows at a time)."""
         if self._parsed is not None:
-            yield from (row.get(name, "") for row in self._parsed)
+            yield from (dict(row) for row in self._parsed)
             return
         for start in range(0, len(self), _BLOCK):
             for offset, row in enumerate(self._parse(start, min(start + _BLOCK, len(self)))):
-                yield _checked(row, start + offset).get(name, "")
+                yield _checked(row, start + offset)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to any sequence of the same rows' fields (a list of dicts, another `ItemFieldRows`)."""
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes) or len(other) != len(self):
+            return False
+        return all(mine == theirs for mine, theirs in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # list-like equality, as list
+
+    def column(self, name: str) -> Iterator[str]:
+        """Every row's value of field `name` ("" where it has none), in row order."""
+        return (row.get(name, "") for row in self)
 
     def _parse(self, start: int, stop: int) -> list:
         """Rows `start` to `stop` of the file, parsed in one go (their lines joined into a list)."""

@@ -87,6 +87,7 @@ def test_item_fields_one_row_per_line(tmp_path: Path) -> None:
     rows = ItemFieldRows.open(path, len(FIELDS))
     assert rows._parsed is None  # read on demand, not parsed
     assert len(rows) == 4 and [rows[i] for i in range(4)] == KEPT and rows[-1] == KEPT[-1]
+    assert rows == KEPT and list(rows) == KEPT and rows != KEPT[:3] and rows != [*KEPT[:3], {"title": "other"}]
     assert list(rows.column("title")) == ["Blue mug", "Tea, \"green\"\nloose", "", "Ünïcödé 中文 😀"]
     with pytest.raises(IndexError):
         rows[4]
