@@ -12,15 +12,17 @@ the path a user with real weights takes, then the bundle's encoders in fp32 and 
 4. `python -m service --precision fp32|int8` on the bundle: a poster ingested by POST /items,
    a user's recommendations;
 5. once the 1-minute load average is below --max-load (polled each minute for up to --wait-s;
-   measured anyway after that, and said so), in this process, `ItemEncoder` at fp32 and int8
-   with the service's thread count: items/s of the image encoder, of the text encoder (all of an
-   item's view prompts) and of a whole ingestion (`encode`: both encoders, the item tower, the
-   CLIP embeddings) at batch 1 and 16; and int8's cosine to fp32 over every item's poster and
+   measured anyway after that, and said so), in this process, `ItemEncoder` at fp32 and int8:
+   items/s of the image encoder, of the text encoder (all of an item's view prompts) and of a
+   whole ingestion (`encode`: both encoders, the item tower, the CLIP embeddings) at batch 1 and
+   16, in wall time with the service's thread count, and per CPU second with one ONNX Runtime
+   thread (the process's CPU time, which other load on a shared machine barely changes); and
+   (unless --no-cosine) int8's cosine to fp32 over every item's poster and
    text: CLIP image and fused-text embeddings, item vectors, plus the image embeddings' cosine
    after removing their fp32 mean (a random-init CLIP gives every image a large common part) and
    how many of each item's 10 nearest items (by image embedding) int8 keeps.
 Prints markdown tables and the machine. The work folder is outside the repository by default:
-it holds rows of the licensed data set.
+it holds rows of the licensed data set. --reuse measures the bundle a previous run left in it.
 """
 
 import argparse
@@ -146,9 +148,18 @@ def wait_for_quiet(max_load: float, wait_s: float) -> float:
     return load
 
 
-def encoder_at(bundle: Path, precision: str) -> ItemEncoder:
-    threads = onnx_intra_op_threads(0, 1, usable_cpus())  # what one service worker gets
+def encoder_at(bundle: Path, precision: str, threads: int) -> ItemEncoder:
     return ItemEncoder(read_bundle(bundle, verify=False), Metrics(), threads=threads, precision=precision)
+
+
+def cpu_throughput(run: Callable[[], object], batch: int, seconds: float) -> float:
+    """Items per CPU second of this process running `run`, after one warm-up call."""
+    run()
+    calls, started = 0, time.process_time()
+    while (used := time.process_time() - started) < seconds or calls < 2:
+        run()
+        calls += 1
+    return calls * batch / used
 
 
 def cases(encoder: ItemEncoder, items: list[PreparedItem]) -> dict[str, Callable[[], object]]:
@@ -161,15 +172,16 @@ def cases(encoder: ItemEncoder, items: list[PreparedItem]) -> dict[str, Callable
     }
 
 
-def rates(encoders: dict[str, ItemEncoder], prepared: list[PreparedItem], seconds: float) -> dict[tuple, float]:
-    """items/s per (case, batch size, precision); the precisions take turns on each case, so a
-    change of load on the shared machine hits them alike."""
+def rates(encoders: dict[str, ItemEncoder], prepared: list[PreparedItem],
+          measure: Callable[[Callable[[], object], int], float]) -> dict[tuple, float]:
+    """`measure` (items/s) per (case, batch size, precision); the precisions take turns on each
+    case, so a change of load on the shared machine hits them alike."""
     out = {}
     for batch in BATCHES:
         runs = {precision: cases(encoder, prepared[:batch]) for precision, encoder in encoders.items()}
         for case in runs[PRECISIONS[0]]:
             for precision in PRECISIONS:
-                out[case, batch, precision] = throughput(runs[precision][case], batch, seconds)
+                out[case, batch, precision] = measure(runs[precision][case], batch)
     return out
 
 
@@ -214,23 +226,33 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="timing per throughput measurement")
     parser.add_argument("--max-load", type=float, default=2.5, help="1-minute load average to wait for")
     parser.add_argument("--wait-s", type=float, default=1200.0, help="longest wait for that load")
+    parser.add_argument("--reuse", action="store_true", help="measure the bundle of an earlier run in --work")
+    parser.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=True,
+                        help="int8's cosine to fp32 over every item")
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
-    bundle, stage_seconds = end_to_end(args, args.work)
+    if args.reuse:
+        bundle, stage_seconds = args.work / "run" / "bundle", {}
+    else:
+        bundle, stage_seconds = end_to_end(args, args.work)
     manifest = read_bundle(bundle, verify=False).manifest
     items = catalog_items(args.work / "catalog", manifest.views.columns)
-    check_service(bundle, args.work, items[0])
+    if not args.reuse:
+        check_service(bundle, args.work, items[0])
 
     load = wait_for_quiet(args.max_load, args.wait_s)
     quiet = "below" if load < args.max_load else "NOT below"
     print(f"measuring at 1-minute load {load:.2f} ({quiet} {args.max_load})", flush=True)
-    encoders = {precision: encoder_at(bundle, precision) for precision in PRECISIONS}
+    threads = onnx_intra_op_threads(0, 1, usable_cpus())  # what one service worker gets
+    encoders = {precision: encoder_at(bundle, precision, threads) for precision in PRECISIONS}
     for precision, encoder in encoders.items():
         print(f"  {precision}: {encoder.graph_files}", flush=True)
     prepared = [encoders["fp32"].prepare(fields, Image.open(poster).convert("RGB")) for fields, poster in items]
-    speed = rates(encoders, prepared, args.seconds)
-    encoded = {precision: encodings(encoder, prepared) for precision, encoder in encoders.items()}
+    speed = {f"items/s, {threads} threads": rates(encoders, prepared, partial(throughput, seconds=args.seconds))}
+    single = {precision: encoder_at(bundle, precision, 1) for precision in PRECISIONS}
+    speed["items per CPU second, 1 thread"] = rates(single, prepared, partial(cpu_throughput, seconds=args.seconds))
+    encoded = {precision: encodings(encoder, prepared) for precision, encoder in encoders.items()} if args.cosine else {}
     loads = os.getloadavg()
 
     sizes = {name: (bundle / name).stat().st_size / 2**20 for name in sorted(manifest.files) if name.endswith(".onnx")}
@@ -243,13 +265,15 @@ def main() -> None:
     print("\n| graph | MiB |\n| --- | ---: |")
     for name, size in sizes.items():
         print(f"| {name} | {size:.1f} |")
-    print("\n| items/s | batch | fp32 | int8 | int8 / fp32 |\n| --- | ---: | ---: | ---: | ---: |")
-    for case, batch, _ in list(speed)[:: len(PRECISIONS)]:
-        fp32, int8 = speed[case, batch, "fp32"], speed[case, batch, "int8"]
-        print(f"| {case} | {batch} | {fp32:.2f} | {int8:.2f} | {int8 / fp32:.2f}x |")
-    print(f"\n| int8 vs fp32 over {len(items)} posters | mean | min |\n| --- | ---: | ---: |")
-    for name, values in agreement(encoded["fp32"], encoded["int8"]):
-        print(f"| {name} | {values.mean():.4f} | {values.min():.4f} |")
+    for unit, table in speed.items():
+        print(f"\n| {unit} | batch | fp32 | int8 | int8 / fp32 |\n| --- | ---: | ---: | ---: | ---: |")
+        for case, batch, _ in list(table)[:: len(PRECISIONS)]:
+            fp32, int8 = table[case, batch, "fp32"], table[case, batch, "int8"]
+            print(f"| {case} | {batch} | {fp32:.2f} | {int8:.2f} | {int8 / fp32:.2f}x |")
+    if encoded:
+        print(f"\n| int8 vs fp32 over {len(items)} posters | mean | min |\n| --- | ---: | ---: |")
+        for name, values in agreement(encoded["fp32"], encoded["int8"]):
+            print(f"| {name} | {values.mean():.4f} | {values.min():.4f} |")
 
 
 if __name__ == "__main__":
