@@ -13,19 +13,25 @@ coarse assignment of every row serves both the adds (a key's nearest list) and t
 Rows whose probed lists hold fewer than `k` keys get an exact search. Recall@k against exact
 search is measured on a sample of rows (exact search of those rows only) and logged.
 
-Why this and not HNSW, measured on this 2-core AMD EPYC with 512-d clustered unit vectors and
-k=10 (scripts/bench_knn.py; CPU seconds on one thread, 100,000 rows):
-- HNSW32 (efConstruction 40, efSearch 48): 22 s to build, 25 s to search every row, recall
-  0.993; HNSW16 at efSearch 32: 25 s in all, recall 0.90. Its cost grows as N log N, and
-  every query walks the graph with scattered single-vector distances.
-- IVF searched query by query (`IndexIVFFlat.search`, 632 lists, nprobe 16): 54 s, recall
-  0.985: the scan of each list is memory-bound, one query at a time.
-- the IVF self-join: the same lists and probes in 8 s, all of it matrix products at about 30
-  GMAC/s per core.
-At one million rows the recall of a fixed nprobe falls (1,000 sampled rows; 4,000 lists: nprobe
-16 gives 0.92, 24 gives 0.94, 32 gives 0.96), hence nprobe 48; the join's cost is about
-nprobe * sum(list size^2) * d, and more lists cut it but k-means and the coarse assignment grow
-with the number of lists. The numbers at 10^4..10^6 rows are in the benchmark's table.
+Why IVF and not HNSW: scripts/bench_knn.py on this 2-core AMD EPYC (no GPU), 512-d clustered
+unit vectors, k=10, 2 threads, recall against exact search, CPU seconds (the machine was
+shared, at a load of 4 to 9, so wall times ran 1.4 to 2x CPU / 2):
+    N          exact IndexFlatIP   IVF self-join (here)      HNSW32 efC 40 efSearch 48
+    10,000     1 s                 2 s, recall 1.0000        3 s, recall 0.9989
+    100,000    122 s               32 s, recall 0.9956       57 s, recall 0.9893
+    1,000,000  (hours)             589 s, recall 0.9770      797 s, recall 0.9464
+(10,000 sampled rows at 10^6, every row below it). The IVF table at 10^6 took 816 s of wall time
+at a load of 4 to 9 and 492 s (556 CPU s) in a rerun at a load of 2 to 4; its peak RSS was 8.8 GB
+with the 2 GB of features (a normalised copy, the lists' copy, the probes).
+HNSW costs more and its recall falls faster with N: every query walks the graph with scattered
+single-vector distances, and the build does the same. IVF searched query by query
+(`IndexIVFFlat.search`) scans each list one query at a time, memory-bound: at 100,000 rows, 632
+lists and nprobe 16 took 54 CPU s (recall 0.985), while the self-join's products run at about 30
+GMAC/s per core (316 lists, nprobe 8: 196 G multiply-adds in 6.5 s on one thread). At one
+million rows the recall of a fixed nprobe falls (1,000 sampled rows, 4,000 lists: nprobe 16
+gives 0.92, 24 gives 0.94, 32 gives 0.96), hence nprobe 48. Three quarters of the time is the
+join, nearly all of it in BLAS (py-spy); its cost is about nprobe * sum(list size^2) * d, so
+more lists cut it, but k-means and the coarse assignment grow with the number of lists.
 """
 
 import logging
