@@ -48,7 +48,7 @@ class ContentRecommender(Recommender):
     (`offline.train.trainer.fit`); it is saved with the weights, with `cold_map_fitted`, and
     the whole cold path stays one traceable function of the content. Switching to training
     mode marks the map stale; asking a stale map for cold vectors raises `ColdMapNotFitted`.
-    A `attention_calibrated` fusion's cosine statistics are set here, at construction, from the
+    An `attention_calibrated` fusion's cosine statistics are set here, at construction, from the
     training (warm) items' features.
     """
 
