@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from offline.score_batches import SCORE_BYTES, user_batch_size
+
 COLD_RECALL_AT = 20  # the cut-off of the held-out ranking that picks the ridge strength
 
 
@@ -70,18 +72,14 @@ def ridge_regression(x: Tensor, y: Tensor, strength: float) -> tuple[Tensor, Ten
     return weight.float(), (y_mean - x_mean @ weight).float()
 
 
-def recall_at(scores: Tensor, targets: Tensor, k: int) -> float:
-    """Mean recall@k over the rows of `scores` that have a target (`targets`: boolean, same shape)."""
-    has_target = targets.any(dim=1)
-    scores, targets = scores[has_target], targets[has_target]
-    top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices
-    return (targets.gather(1, top).sum(dim=1) / targets.sum(dim=1)).mean().item()
-
-
 def centred_score_norm(users: Tensor, items: Tensor) -> Tensor:
-    """Frobenius norm of the score matrix `users @ items.T` with each user's mean score removed."""
-    scores = users @ items.T
-    return (scores - scores.mean(dim=1, keepdim=True)).norm()
+    """Frobenius norm of the score matrix `users @ items.T` with each user's mean score removed,
+    without forming it: with the items centred on their mean, `|U Ic^T|^2 = trace(U^T U Ic^T Ic)`
+    (two K x K Gram matrices, in float64), so it costs O((users + items) K^2)."""
+    users, items = users.double(), items.double()
+    centred = items - items.mean(dim=0)
+    squared = ((users.T @ users) * (centred.T @ centred)).sum()
+    return squared.clamp(min=0).sqrt().float()
 
 
 def warm_folds(n_warm: int, n_folds: int, device: torch.device | str = "cpu") -> tuple[Tensor, ...]:
@@ -101,22 +99,63 @@ def cross_validate(features: Tensor, target: Tensor, ridge: float, folds: tuple[
     return estimate
 
 
-def warm_targets(n_users: int, n_items: int, warm_items: Tensor, edges: Tensor) -> Tensor:
-    """`(n_users, n_warm)` booleans: which warm items each user has in training (`edges`:
-    `[user, item]` rows)."""
-    n_warm = len(warm_items)
+@dataclass(frozen=True)
+class WarmTargets:
+    """Which warm items each user has in training, as sorted `(user, warm position)` edges: the
+    dense users x warm items matrix would not fit at a shop's scale (39,387 x 23,033 at
+    Amazon-Clothing's shape is 0.9 GB of booleans, 10x that shape 90 GB)."""
+
+    users: Tensor
+    positions: Tensor
+    n_users: int
+    n_warm: int
+
+    def fold_edges(self, fold: Tensor) -> tuple[Tensor, Tensor]:
+        """`(users, columns)` of the edges into `fold`, columns being positions within `fold`."""
+        column = torch.full((self.n_warm,), -1, dtype=torch.long, device=fold.device)
+        column[fold] = torch.arange(len(fold), device=fold.device)
+        columns = column[self.positions]
+        inside = columns >= 0
+        return self.users[inside], columns[inside]
+
+
+def warm_targets(n_users: int, n_items: int, warm_items: Tensor, edges: Tensor) -> WarmTargets:
+    """The training edges (`[user, item]` rows) into warm items, by user."""
     row = torch.full((n_items,), -1, dtype=torch.long, device=warm_items.device)
-    row[warm_items] = torch.arange(n_warm, device=warm_items.device)
-    targets = torch.zeros(n_users, n_warm, dtype=torch.bool, device=warm_items.device)
-    targets[edges[:, 0], row[edges[:, 1]]] = True
-    return targets
+    row[warm_items] = torch.arange(len(warm_items), device=warm_items.device)
+    positions = row[edges[:, 1]]
+    keep = positions >= 0
+    users, positions = edges[keep, 0], positions[keep]
+    order = torch.argsort(users * len(warm_items) + positions)
+    return WarmTargets(users[order], positions[order], n_users, len(warm_items))
 
 
-def fold_recall(users: Tensor, vectors: Tensor, targets: Tensor, folds: tuple[Tensor, ...]) -> float:
-    """Recall@20 of each user's training items (`targets`, from `warm_targets`) among the items
-    of their fold (`vectors`: one row per warm item), averaged over folds: the cold-only
-    protocol on warm items."""
-    recalls = [recall_at(users @ vectors[fold].T, targets[:, fold], COLD_RECALL_AT) for fold in folds]
+def fold_recall(
+    users: Tensor, vectors: Tensor, targets: WarmTargets, folds: tuple[Tensor, ...], score_bytes: int = SCORE_BYTES
+) -> float:
+    """Recall@20 of each user's training items (`targets`) among the items of their fold
+    (`vectors`: one row per warm item), averaged over the users with such an item and then over
+    folds: the cold-only protocol on warm items. Users are scored a batch at a time, each
+    batch's scores within `score_bytes`."""
+    recalls = []
+    for fold in folds:
+        edge_users, edge_columns = targets.fold_edges(fold)
+        batch = user_batch_size(len(fold), len(users), score_bytes=score_bytes)
+        k = min(COLD_RECALL_AT, len(fold))
+        total, counted = 0.0, 0
+        for start in range(0, len(users), batch):
+            stop = min(start + batch, len(users))
+            in_batch = (edge_users >= start) & (edge_users < stop)
+            hits = torch.zeros(stop - start, len(fold), dtype=torch.bool, device=users.device)
+            hits[edge_users[in_batch] - start, edge_columns[in_batch]] = True
+            has_target = hits.any(dim=1)
+            if not has_target.any():
+                continue
+            top = torch.topk(users[start:stop][has_target] @ vectors[fold].T, k, dim=1).indices
+            hits = hits[has_target]
+            total += (hits.gather(1, top).sum(dim=1) / hits.sum(dim=1)).sum().item()
+            counted += int(has_target.sum())
+        recalls.append(total / counted if counted else float("nan"))
     return sum(recalls) / len(recalls)
 
 
@@ -125,7 +164,7 @@ def fit(
     features: Tensor,
     target: Tensor,
     users: Tensor,
-    targets: Tensor,
+    targets: WarmTargets,
     trained: Tensor,
     held_out_vectors: Callable[[Tensor], Tensor],
     ridges: list[float],

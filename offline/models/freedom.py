@@ -190,13 +190,16 @@ class FREEDOM(ContentRecommender):
 
     def held_out_vectors(self, estimate: Tensor) -> Tensor:
         """The cold-path formula for warm items, each item dropped from its own kNN row (it is
-        its own nearest neighbour, and its ID embedding learned from its interactions)."""
+        its own nearest neighbour, and its ID embedding learned from its interactions). The
+        neighbours come from the FAISS kNN table (`knn_table`), not a warm x warm similarity
+        matrix, which would not fit at a shop's scale."""
         warm = self.warm_items
         frozen = self.encoder.graph_features(self.image_features[warm], self.text_view_features[warm])
+        positions = torch.arange(len(warm), device=warm.device)
         neighbours = []
         for graph, features in zip(self.content_graphs, frozen):
             k = graph.table.shape[1]
-            ids = knn_neighbours(features, graph.keys, graph.key_ids, k + 1)
+            ids = warm[knn_table(features, positions, k + 1)]
             keep = ids != warm.unsqueeze(1)
             keep[keep.all(dim=1), -1] = False  # the item itself not in its top k + 1 (ties)
             neighbours.append(ids[keep].view(len(warm), k))

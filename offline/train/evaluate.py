@@ -26,11 +26,11 @@ import torch
 from torch import Tensor
 
 from offline.models.base import Recommender, SplitLike
+from offline.score_batches import SCORE_BYTES, user_batch_size
 
 KS = (5, 10, 20, 50)
 METRICS = ("recall", "ndcg", "precision", "map")
 VALID_METRIC = "recall@20"
-SCORE_BYTES = 256 * 2**20  # the most one evaluation batch's score matrix may take
 PAIR_KEY = 2**32  # a (user, item) pair's sort key: user * PAIR_KEY + item
 
 
@@ -69,12 +69,6 @@ class UserItems:
             return np.zeros(keys.shape, dtype=bool)
         found = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
         return self.keys[found] == keys
-
-
-def user_batch_size(n_items: int, batch_size: int, bytes_per_score: int = 4, score_bytes: int = SCORE_BYTES) -> int:
-    """Users per evaluation batch: at most `batch_size`, and few enough that their scores over
-    `n_items` fit in `score_bytes` (291 users over 230,330 items in 256 MiB of float32)."""
-    return max(1, min(batch_size, score_bytes // (bytes_per_score * max(n_items, 1))))
 
 
 def ranking_metrics(hits: np.ndarray, n_targets: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:

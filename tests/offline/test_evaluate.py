@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from offline.score_batches import SCORE_BYTES, user_batch_size
 from offline.train.evaluate import (
-    SCORE_BYTES,
     Evaluator,
     UserItems,
     evaluate_ranking,
     popularity_vectors,
     ranking_metrics,
-    user_batch_size,
 )
 from offline.train.rss import peak_rss_bytes, reset_peak_rss
 

@@ -1,0 +1,108 @@
+"""The cold map's fit in bounded memory (issue 17): no users x items matrix at a shop's scale.
+
+Each quantity is checked against its dense definition on small data, and at a size where the
+dense matrix would not fit in this machine's memory."""
+
+import pytest
+import torch
+from planted import World
+
+from offline.models import InteractionGraph, ModelSpec, build_model
+from offline.models.cold_map import centred_score_norm, fold_recall, warm_folds, warm_targets
+from offline.models.graph import knn_neighbours
+
+COLD_RECALL_AT = 20
+
+
+def dense_centred_score_norm(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    scores = users.double() @ items.double().T
+    return (scores - scores.mean(dim=1, keepdim=True)).norm().float()
+
+
+def dense_fold_recall(users, vectors, edges, n_warm, folds) -> float:
+    """Recall@20 of each user's items among their fold's items, averaged over users with one and
+    then over folds, from a dense users x items target matrix."""
+    targets = torch.zeros(len(users), n_warm, dtype=torch.bool)
+    targets[edges[:, 0], edges[:, 1]] = True
+    recalls = []
+    for fold in folds:
+        scores, fold_targets = users @ vectors[fold].T, targets[:, fold]
+        keep = fold_targets.any(dim=1)
+        top = scores[keep].topk(min(COLD_RECALL_AT, len(fold)), dim=1).indices
+        hits = fold_targets[keep].gather(1, top).sum(dim=1) / fold_targets[keep].sum(dim=1)
+        recalls.append(hits.mean().item())
+    return sum(recalls) / len(recalls)
+
+
+def test_centred_score_norm_equals_the_dense_definition() -> None:
+    generator = torch.Generator().manual_seed(0)
+    users, items = torch.randn(300, 16, generator=generator), torch.randn(500, 16, generator=generator) + 2
+    torch.testing.assert_close(centred_score_norm(users, items), dense_centred_score_norm(users, items))
+
+
+def test_centred_score_norm_at_a_size_whose_score_matrix_does_not_fit() -> None:
+    """300,000 users x 300,000 items of float32 scores would take 360 GB. Every user is e1 and
+    the items' first coordinates alternate +1 and -1, so every centred score is +-1 and the
+    norm is sqrt(users x items)."""
+    n = 300_000
+    users = torch.zeros(n, 4)
+    users[:, 0] = 1
+    items = torch.zeros(n, 4)
+    items[:, 0] = torch.tensor([1.0, -1.0]).repeat(n // 2)
+    items[:, 1:] = 3.0  # a shared offset: no user's scores move
+    assert centred_score_norm(users, items).item() == pytest.approx(n, rel=1e-6)
+
+
+@pytest.mark.parametrize("score_bytes", [4 * 7, 2**20], ids=["one-user batches", "one batch"])
+def test_fold_recall_in_batches_equals_the_dense_definition(score_bytes: int) -> None:
+    generator = torch.Generator().manual_seed(1)
+    n_users, n_items, n_edges = 40, 60, 300
+    warm_items = torch.arange(0, n_items, 2)  # every other item is warm
+    edges = torch.stack([torch.randint(0, n_users, (n_edges,), generator=generator),
+                         torch.randint(0, n_items, (n_edges,), generator=generator)], dim=1)
+    users, vectors = torch.randn(n_users, 8, generator=generator), torch.randn(len(warm_items), 8, generator=generator)
+    folds = warm_folds(len(warm_items), 3)
+    warm_edges = edges[edges[:, 1] % 2 == 0]
+    warm_edges = torch.stack([warm_edges[:, 0], warm_edges[:, 1] // 2], dim=1)  # warm positions
+    expected = dense_fold_recall(users, vectors, warm_edges, len(warm_items), folds)
+    targets = warm_targets(n_users, n_items, warm_items, edges)
+    assert fold_recall(users, vectors, targets, folds, score_bytes=score_bytes) == pytest.approx(expected)
+
+
+def test_warm_targets_at_ten_times_amazon_clothing_without_a_dense_matrix() -> None:
+    """393,870 users x 230,330 warm items: 90 GB as a dense boolean matrix."""
+    n_users, n_items = 393_870, 230_330
+    generator = torch.Generator().manual_seed(2)
+    edges = torch.stack([torch.randint(0, n_users, (2_786_770,), generator=generator),
+                         torch.randint(0, n_items, (2_786_770,), generator=generator)], dim=1)
+    targets = warm_targets(n_users, n_items, torch.arange(n_items), edges)
+    assert (targets.n_users, targets.n_warm, len(targets.users)) == (n_users, n_items, len(edges))
+    fold = torch.tensor([5, 17])
+    users, columns = targets.fold_edges(fold)
+    into_fold = (edges[:, 1] == 5) | (edges[:, 1] == 17)
+    assert sorted(zip(users.tolist(), columns.tolist())) == sorted(
+        (user, 0 if item == 5 else 1) for user, item in edges[into_fold].tolist()
+    )
+
+
+def test_freedom_held_out_neighbours_equal_the_dense_kNN() -> None:
+    """FREEDOM's held-out vectors take each warm item's neighbours from the FAISS table; they
+    equal the dense similarity matrix's top k + 1 with the item itself dropped."""
+    world = World()
+    split, content = world.split(), world.content()
+    graph = InteractionGraph.from_split(split)
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(name="freedom", content_mode="attention", hparams={"knn_k": 4, "n_mm_layers": 1}), graph, content)
+    model.eval()
+    warm = model.warm_items
+    estimate = torch.zeros(len(warm), model.hparams.embedding_size)
+    with torch.no_grad():
+        held_out = model.held_out_vectors(estimate)
+        frozen = model.encoder.graph_features(model.image_features[warm], model.text_view_features[warm])
+        neighbours = []
+        for item_graph, features in zip(model.content_graphs, frozen):
+            ids = knn_neighbours(features, item_graph.keys, item_graph.key_ids, 5)
+            neighbours.append(torch.stack([row[row != item][:4] for row, item in zip(ids, warm)]))
+        h_prev = model.item_embedding.weight
+        expected = model._item_graph_step(h_prev, neighbours)
+    torch.testing.assert_close(held_out, expected)
