@@ -17,11 +17,12 @@ resident and count) and again after building. Both loops are linear in what they
 long ones are timed on a part and scaled (marked `*`): an epoch of more than `--max-batches`
 batches is its setup (pruning, negative sampling) plus its first `--max-batches` batches' time
 scaled to all of them; the validation, the vectors' time plus the ranking of its first
-`--max-eval-users` users scaled to all of them. Above `--max-knn-items` warm items FREEDOM's
-content kNN table (exact and O(items^2) until it is built with FAISS) is replaced by random
-neighbours, `knn_k` per item as the real table has: an epoch costs the same, but the build is
-then not measured (marked `†`). Not measured: the cold map's calibration after training
-(`ContentRecommender.calibrate`), which builds users x warm-items matrices.
+`--max-eval-users` users scaled to all of them. FREEDOM's content kNN graphs are FAISS tables
+(`offline/models/knn.py`: exact up to 50,000 warm items, the IVF self-join above).
+
+A multi-modal backbone then fits its cold map as training ends (`fit_cold_map`: the ridge
+strength by cross-validation over the warm items, the score-spread scale), timed whole
+(`cold map s`, its own peak `cold map peak GB`).
 
     .venv/bin/python scripts/bench_scale.py [--factors 1 --factors 10] [--models freedom ...]
         [--epochs 2] [--max-batches 100] [--max-eval-users 50000] [--threads 1] [--work build/scale]
@@ -64,24 +65,14 @@ def scale_world(work: Path, factor: int, config: Path | None) -> Path:
     return folder
 
 
-def random_knn_table(features: "torch.Tensor", key_rows: "torch.Tensor", k: int) -> "torch.Tensor":  # noqa: F821
-    """A timing stand-in for `knn_table`: `k` random key rows per item (same shape and dtype)."""
-    import torch
-
-    generator = torch.Generator().manual_seed(0)
-    return key_rows[torch.randint(len(key_rows), (features.shape[0], k), generator=generator)]
-
-
-def measure(
-    folder: Path, name: str, epochs: int, max_batches: int, max_eval_users: int, threads: int, max_knn_items: int
-) -> dict[str, Any]:
+def measure(folder: Path, name: str, epochs: int, max_batches: int, max_eval_users: int, threads: int) -> dict[str, Any]:
     """Build, train and validate one backbone on one world (run in a fresh process)."""
     import torch
 
-    import offline.models.freedom as freedom
     from offline.data.catalog import load_catalog
     from offline.data.split import split_catalog
     from offline.models import InteractionGraph, build_model
+    from offline.models.content import ContentRecommender
     from offline.train.evaluate import Evaluator, UserItems, evaluate_ranking, warm_vectors
     from offline.train.rss import peak_rss_bytes, reset_peak_rss
     from offline.train.run import RunConfig, load_content
@@ -99,11 +90,6 @@ def measure(
     timed_users = valid_users[:max_eval_users]  # the validation of `evaluate_valid`, for these users
     timed = UserItems(split.valid[np.isin(split.valid[:, 0], timed_users)], split.n_users)
     warm = torch.from_numpy(~evaluator.cold)
-    knn_stand_in = name == "freedom" and split.n_warm_items > max_knn_items
-    if knn_stand_in:
-        if not hasattr(freedom, "knn_table"):
-            raise RuntimeError("offline.models.freedom no longer builds its graph with knn_table: update the stand-in")
-        freedom.knn_table = random_knn_table
     gc.collect()
     reset_peak_rss()
     loaded = peak_rss_bytes()
@@ -131,6 +117,13 @@ def measure(
         valid = evaluate_ranking(*vectors, timed, evaluator.train, warm, batch_size=cfg.eval_batch_size)
         eval_seconds.append(setup + (time.perf_counter() - started) * len(valid_users) / len(timed_users))
         recalls.append(valid["recall@20"])
+    epochs_peak = peak_rss_bytes()
+    cold_map_seconds = cold_map_peak = None
+    if isinstance(model, ContentRecommender):
+        reset_peak_rss()
+        started = time.perf_counter()
+        model.fit_cold_map()
+        cold_map_seconds, cold_map_peak = time.perf_counter() - started, peak_rss_bytes() / GB
     return {
         "model": name,
         "users": split.n_users,
@@ -141,13 +134,14 @@ def measure(
         "valid_users_timed": len(timed_users),
         "batches": n_batches,
         "batches_measured": measured,
-        "knn_stand_in": knn_stand_in,
         "loaded_gb": loaded / GB,
         "build_seconds": build_seconds,
         "build_peak_gb": build_peak / GB,
         "epoch_seconds": statistics.mean(epoch_seconds),
         "eval_seconds": statistics.mean(eval_seconds),
-        "peak_gb": peak_rss_bytes() / GB,
+        "peak_gb": epochs_peak / GB,
+        "cold_map_seconds": cold_map_seconds,
+        "cold_map_peak_gb": cold_map_peak,
         "valid_recall_at_20": recalls[-1],
     }
 
@@ -161,18 +155,18 @@ def isolated(*args: Any) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| model | scale | users | items | interactions | train pairs | s / epoch | eval s | peak RSS GB "
-        "| loaded GB | build s | build peak GB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| loaded GB | build s | build peak GB | cold map s | cold map peak GB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         partial = "*" if row["batches_measured"] < row["batches"] else ""
         partial_eval = "*" if row["valid_users_timed"] < row["valid_users"] else ""
-        stand_in = "†" if row["knn_stand_in"] else ""
+        cold = "– | –" if row["cold_map_seconds"] is None else f"{row['cold_map_seconds']:.1f} | {row['cold_map_peak_gb']:.2f}"
         lines.append(
             f"| {row['model']} | {row['factor']}x | {row['users']:,} | {row['items']:,} | {row['interactions']:,} "
             f"| {row['train_pairs']:,} | {row['epoch_seconds']:.1f}{partial} | {row['eval_seconds']:.1f}{partial_eval} "
-            f"| {row['peak_gb']:.2f} | {row['loaded_gb']:.2f} | {row['build_seconds']:.1f}{stand_in} "
-            f"| {row['build_peak_gb']:.2f} |"
+            f"| {row['peak_gb']:.2f} | {row['loaded_gb']:.2f} | {row['build_seconds']:.1f} "
+            f"| {row['build_peak_gb']:.2f} | {cold} |"
         )
     return "\n".join(lines)
 
@@ -187,9 +181,6 @@ def main(
         int, typer.Option(min=1, help="time the validation of at most this many users")
     ] = 50_000,
     threads: Annotated[int, typer.Option(min=1, help="torch threads (the trainer's default is 1)")] = 1,
-    max_knn_items: Annotated[
-        int, typer.Option(help="above this many warm items FREEDOM's kNN table is a random stand-in")
-    ] = 100_000,
     work: Annotated[Path, typer.Option(help="where the scale worlds are written")] = ROOT / "build" / "scale",
     scale_config: Annotated[
         Path | None, typer.Option(help="YAML of ScaleConfig fields, e.g. smaller counts for a dry run")
@@ -203,15 +194,14 @@ def main(
         folder = scale_world(work, factor, scale_config)
         for name in models:
             print(f"{name} at {factor}x ...", flush=True)
-            row = {"factor": factor, **isolated(folder, name, epochs, max_batches, max_eval_users, threads, max_knn_items)}
+            row = {"factor": factor, **isolated(folder, name, epochs, max_batches, max_eval_users, threads)}
             print(json.dumps(row), flush=True)
             rows.append(row)
     cpu = machine()
     print(f"\n{cpu['cpu']} ({cpu['usable_cores']} cores), {threads} torch thread(s), {epochs} epochs, batch 2048")
     print(table(rows))
     print(
-        "* timed on the first batches of each epoch (or users of the validation) and scaled to all of them; "
-        "† FREEDOM's kNN table a random stand-in"
+        "* timed on the first batches of each epoch (or users of the validation) and scaled to all of them"
     )
     if json_out is not None:
         json_out.write_text(json.dumps(rows, indent=2), encoding="utf-8")
