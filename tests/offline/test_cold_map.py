@@ -8,7 +8,13 @@ import torch
 from planted import World
 
 from offline.models import InteractionGraph, ModelSpec, build_model
-from offline.models.cold_map import centred_score_norm, fold_recall, warm_folds, warm_targets
+from offline.models.cold_map import (
+    centred_score_norm,
+    fold_recall,
+    ridge_choice_users,
+    warm_folds,
+    warm_targets,
+)
 from offline.models.graph import knn_neighbours
 
 COLD_RECALL_AT = 20
@@ -106,3 +112,24 @@ def test_freedom_held_out_neighbours_equal_the_dense_kNN() -> None:
         h_prev = model.item_embedding.weight
         expected = model._item_graph_step(h_prev, neighbours)
     torch.testing.assert_close(held_out, expected)
+
+
+def test_the_ridge_is_chosen_on_every_user_or_a_fixed_sample() -> None:
+    assert torch.equal(ridge_choice_users(500, max_users=500), torch.arange(500))
+    sample = ridge_choice_users(393_870, max_users=20_000)
+    assert len(sample) == len(torch.unique(sample)) == 20_000
+    assert torch.equal(sample, sample.sort().values) and 0 <= sample[0] and sample[-1] < 393_870
+    assert torch.equal(sample, ridge_choice_users(393_870, max_users=20_000))  # the same sample every fit
+
+
+def test_targets_of_sampled_users_are_their_edges_renumbered() -> None:
+    generator = torch.Generator().manual_seed(3)
+    n_users, n_items = 50, 40
+    edges = torch.stack([torch.randint(0, n_users, (400,), generator=generator),
+                         torch.randint(0, n_items, (400,), generator=generator)], dim=1)
+    targets = warm_targets(n_users, n_items, torch.arange(n_items), edges)
+    sample = torch.tensor([3, 7, 8, 20, 49])
+    of_sample = targets.of_users(sample)
+    expected = sorted((sample.tolist().index(user), item) for user, item in edges.tolist() if user in sample.tolist())
+    assert of_sample.n_users == 5
+    assert sorted(zip(of_sample.users.tolist(), of_sample.positions.tolist())) == expected
