@@ -73,7 +73,8 @@ def measure(folder: Path, name: str, epochs: int, max_batches: int, max_eval_use
     from offline.data.split import split_catalog
     from offline.models import InteractionGraph, build_model
     from offline.models.content import ContentRecommender
-    from offline.train.evaluate import Evaluator, UserItems, evaluate_ranking, warm_vectors
+    from offline.ranking import UserItems, evaluate_ranking
+    from offline.train.evaluate import Evaluator, warm_vectors
     from offline.train.rss import peak_rss_bytes, reset_peak_rss
     from offline.train.run import RunConfig, load_content
     from offline.train.trainer import NegativeSampler, adam, epoch_batches, seed_everything, select_device, train_batches

@@ -32,10 +32,11 @@ scale.
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from offline.score_batches import SCORE_BYTES, user_batch_size
+from offline.ranking import SCORE_BYTES, UserItems, evaluate_ranking
 
 COLD_RECALL_AT = 20  # the cut-off of the held-out ranking that picks the ridge strength
 RIDGE_CHOICE_USERS = 20_000  # users ranked to choose the ridge; a fixed sample above this many
@@ -101,79 +102,53 @@ def cross_validate(features: Tensor, target: Tensor, ridge: float, folds: tuple[
     return estimate
 
 
-@dataclass(frozen=True)
-class WarmTargets:
-    """Which warm items each user has in training, as sorted `(user, warm position)` edges: the
-    dense users x warm items matrix would not fit at a shop's scale (39,387 x 23,033 at
-    Amazon-Clothing's shape is 0.9 GB of booleans, 10x that shape 90 GB)."""
-
-    users: Tensor
-    positions: Tensor
-    n_users: int
-    n_warm: int
-
-    def fold_edges(self, fold: Tensor) -> tuple[Tensor, Tensor]:
-        """`(users, columns)` of the edges into `fold`, columns being positions within `fold`."""
-        column = torch.full((self.n_warm,), -1, dtype=torch.long, device=fold.device)
-        column[fold] = torch.arange(len(fold), device=fold.device)
-        columns = column[self.positions]
-        inside = columns >= 0
-        return self.users[inside], columns[inside]
-
-    def of_users(self, sample: Tensor) -> "WarmTargets":
-        """The edges of the users in `sample` (sorted user rows), renumbered 0..len(sample)-1."""
-        place = torch.searchsorted(sample, self.users).clamp(max=len(sample) - 1)
-        inside = sample[place] == self.users
-        return WarmTargets(place[inside], self.positions[inside], len(sample), self.n_warm)
-
-
-def ridge_choice_users(n_users: int, max_users: int = RIDGE_CHOICE_USERS) -> Tensor:
+def ridge_choice_users(n_users: int, max_users: int = RIDGE_CHOICE_USERS) -> np.ndarray:
     """The sorted user rows whose held-out recall chooses the ridge: every user up to
     `max_users`, else a fixed random sample of that many. The recall only compares candidate
     ridges, and ranking every user 6 ridges x 5 folds times took about 50 minutes at 10x
     Amazon-Clothing's shape (393,870 users) on one thread."""
     if n_users <= max_users:
-        return torch.arange(n_users)
-    return torch.randperm(n_users, generator=torch.Generator().manual_seed(0))[:max_users].sort().values
+        return np.arange(n_users)
+    return np.sort(np.random.default_rng(0).permutation(n_users)[:max_users])
 
 
-def warm_targets(n_users: int, n_items: int, warm_items: Tensor, edges: Tensor) -> WarmTargets:
-    """The training edges (`[user, item]` rows) into warm items, by user."""
-    row = torch.full((n_items,), -1, dtype=torch.long, device=warm_items.device)
-    row[warm_items] = torch.arange(len(warm_items), device=warm_items.device)
+def warm_pairs(n_items: int, warm_items: Tensor, edges: Tensor) -> np.ndarray:
+    """The training edges (`[user, item]` rows) into warm items, as `[user, warm position]` rows
+    (a users x warm items matrix would not fit at a shop's scale: 90 GB of booleans at 10x
+    Amazon-Clothing's shape)."""
+    row = np.full(n_items, -1, dtype=np.int64)
+    row[warm_items.cpu().numpy()] = np.arange(len(warm_items))
+    edges = edges.cpu().numpy()
     positions = row[edges[:, 1]]
     keep = positions >= 0
-    users, positions = edges[keep, 0], positions[keep]
-    order = torch.argsort(users * len(warm_items) + positions)
-    return WarmTargets(users[order], positions[order], n_users, len(warm_items))
+    return np.stack([edges[keep, 0], positions[keep]], axis=1)
+
+
+def pairs_of_users(pairs: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """The rows of `pairs` whose user is in `sample` (sorted), users renumbered 0..len(sample)-1."""
+    place = np.minimum(np.searchsorted(sample, pairs[:, 0]), len(sample) - 1)
+    inside = sample[place] == pairs[:, 0]
+    return np.stack([place[inside], pairs[inside, 1]], axis=1)
 
 
 def fold_recall(
-    users: Tensor, vectors: Tensor, targets: WarmTargets, folds: tuple[Tensor, ...], score_bytes: int = SCORE_BYTES
+    users: Tensor, vectors: Tensor, pairs: np.ndarray, folds: tuple[Tensor, ...], score_bytes: int = SCORE_BYTES
 ) -> float:
-    """Recall@20 of each user's training items (`targets`) among the items of their fold
-    (`vectors`: one row per warm item), averaged over the users with such an item and then over
-    folds: the cold-only protocol on warm items. Users are scored a batch at a time, each
-    batch's scores within `score_bytes`."""
+    """Recall@20 of each user's training items (`pairs`, from `warm_pairs`) among the items of
+    their fold (`vectors`: one row per warm item), averaged over the users with such an item
+    (`evaluate_ranking`, in batches within `score_bytes`) and then over folds: the cold-only
+    protocol on warm items."""
+    nothing = UserItems(np.zeros((0, 2), dtype=np.int64), len(users))
     recalls = []
     for fold in folds:
-        edge_users, edge_columns = targets.fold_edges(fold)
-        batch = user_batch_size(len(fold), len(users), score_bytes=score_bytes)
-        k = min(COLD_RECALL_AT, len(fold))
-        total, counted = 0.0, 0
-        for start in range(0, len(users), batch):
-            stop = min(start + batch, len(users))
-            in_batch = (edge_users >= start) & (edge_users < stop)
-            hits = torch.zeros(stop - start, len(fold), dtype=torch.bool, device=users.device)
-            hits[edge_users[in_batch] - start, edge_columns[in_batch]] = True
-            has_target = hits.any(dim=1)
-            if not has_target.any():
-                continue
-            top = torch.topk(users[start:stop][has_target] @ vectors[fold].T, k, dim=1).indices
-            hits = hits[has_target]
-            total += (hits.gather(1, top).sum(dim=1) / hits.sum(dim=1)).sum().item()
-            counted += int(has_target.sum())
-        recalls.append(total / counted if counted else float("nan"))
+        column = np.full(len(vectors), -1, dtype=np.int64)
+        column[fold.cpu().numpy()] = np.arange(len(fold))
+        columns = column[pairs[:, 1]]
+        inside = columns >= 0
+        targets = UserItems(np.stack([pairs[inside, 0], columns[inside]], axis=1), len(users))
+        metrics = evaluate_ranking(users, vectors[fold], targets, nothing, ks=(COLD_RECALL_AT,),
+                                   batch_size=len(users), score_bytes=score_bytes)
+        recalls.append(metrics[f"recall@{COLD_RECALL_AT}"])
     return sum(recalls) / len(recalls)
 
 
@@ -182,7 +157,7 @@ def fit(
     features: Tensor,
     target: Tensor,
     users: Tensor,
-    targets: WarmTargets,
+    targets: np.ndarray,
     trained: Tensor,
     held_out_vectors: Callable[[Tensor], Tensor],
     ridges: list[float],
@@ -191,12 +166,12 @@ def fit(
     """Fit the map on the warm items (module docstring).
 
     `features`: the warm items' map input; `target`: their `id_part`; `users`: every user's
-    vector; `targets`: `warm_targets`; `trained`: the warm items' trained vectors;
+    vector; `targets`: `warm_pairs`; `trained`: the warm items' trained vectors;
     `held_out_vectors`: out-of-fold `id_part` estimates -> the warm items' content-path vectors.
     """
     folds = warm_folds(len(target), n_folds, target.device)
-    ranked = ridge_choice_users(len(users)).to(users.device)
-    ranked_users, ranked_targets = users[ranked], targets.of_users(ranked)
+    ranked = ridge_choice_users(len(users))
+    ranked_users, ranked_targets = users[torch.from_numpy(ranked).to(users.device)], pairs_of_users(targets, ranked)
     best: tuple[float, float, Tensor] | None = None
     for ridge in ridges:
         held_out = held_out_vectors(cross_validate(features, target, ridge, folds))

@@ -149,7 +149,7 @@ class ContentRecommender(Recommender):
             features=torch.cat(self.encoder.map_input(self.image_features[warm], self.text_view_features[warm]), -1),
             target=self.id_part()[warm],
             users=self.user_vectors(),
-            targets=cold_map.warm_targets(self.n_users, self.n_items, warm, self.train_edges),
+            targets=cold_map.warm_pairs(self.n_items, warm, self.train_edges),
             trained=self.trained_item_vectors()[warm],
             held_out_vectors=self.held_out_vectors,
             ridges=self.hparams.cold_ridges,

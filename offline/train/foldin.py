@@ -24,7 +24,7 @@ import numpy as np
 
 from cliper.bundle import Seen
 from cliper.foldin import FOLD_IN_RULES, FoldInRule, Prior
-from offline.train.evaluate import ranking_metrics
+from offline.ranking import ranking_metrics
 
 KS = (10, 20, 50)
 STALE = "stale"

@@ -3,6 +3,7 @@
 Each quantity is checked against its dense definition on small data, and at a size where the
 dense matrix would not fit in this machine's memory."""
 
+import numpy as np
 import pytest
 import torch
 from planted import World
@@ -11,9 +12,10 @@ from offline.models import InteractionGraph, ModelSpec, build_model
 from offline.models.cold_map import (
     centred_score_norm,
     fold_recall,
+    pairs_of_users,
     ridge_choice_users,
     warm_folds,
-    warm_targets,
+    warm_pairs,
 )
 from offline.models.graph import knn_neighbours
 
@@ -71,24 +73,20 @@ def test_fold_recall_in_batches_equals_the_dense_definition(score_bytes: int) ->
     warm_edges = edges[edges[:, 1] % 2 == 0]
     warm_edges = torch.stack([warm_edges[:, 0], warm_edges[:, 1] // 2], dim=1)  # warm positions
     expected = dense_fold_recall(users, vectors, warm_edges, len(warm_items), folds)
-    targets = warm_targets(n_users, n_items, warm_items, edges)
-    assert fold_recall(users, vectors, targets, folds, score_bytes=score_bytes) == pytest.approx(expected)
+    pairs = warm_pairs(n_items, warm_items, edges)
+    assert fold_recall(users, vectors, pairs, folds, score_bytes=score_bytes) == pytest.approx(expected)
 
 
-def test_warm_targets_at_ten_times_amazon_clothing_without_a_dense_matrix() -> None:
+def test_warm_pairs_at_ten_times_amazon_clothing_without_a_dense_matrix() -> None:
     """393,870 users x 230,330 warm items: 90 GB as a dense boolean matrix."""
     n_users, n_items = 393_870, 230_330
     generator = torch.Generator().manual_seed(2)
     edges = torch.stack([torch.randint(0, n_users, (2_786_770,), generator=generator),
                          torch.randint(0, n_items, (2_786_770,), generator=generator)], dim=1)
-    targets = warm_targets(n_users, n_items, torch.arange(n_items), edges)
-    assert (targets.n_users, targets.n_warm, len(targets.users)) == (n_users, n_items, len(edges))
-    fold = torch.tensor([5, 17])
-    users, columns = targets.fold_edges(fold)
-    into_fold = (edges[:, 1] == 5) | (edges[:, 1] == 17)
-    assert sorted(zip(users.tolist(), columns.tolist())) == sorted(
-        (user, 0 if item == 5 else 1) for user, item in edges[into_fold].tolist()
-    )
+    warm_items = torch.arange(1, n_items, 2)  # the odd items are warm, at position item // 2
+    pairs = warm_pairs(n_items, warm_items, edges)
+    odd = edges[edges[:, 1] % 2 == 1]
+    assert np.array_equal(pairs, np.stack([odd[:, 0].numpy(), odd[:, 1].numpy() // 2], axis=1))
 
 
 def test_freedom_held_out_neighbours_equal_the_dense_kNN() -> None:
@@ -115,11 +113,11 @@ def test_freedom_held_out_neighbours_equal_the_dense_kNN() -> None:
 
 
 def test_the_ridge_is_chosen_on_every_user_or_a_fixed_sample() -> None:
-    assert torch.equal(ridge_choice_users(500, max_users=500), torch.arange(500))
+    assert np.array_equal(ridge_choice_users(500, max_users=500), np.arange(500))
     sample = ridge_choice_users(393_870, max_users=20_000)
-    assert len(sample) == len(torch.unique(sample)) == 20_000
-    assert torch.equal(sample, sample.sort().values) and 0 <= sample[0] and sample[-1] < 393_870
-    assert torch.equal(sample, ridge_choice_users(393_870, max_users=20_000))  # the same sample every fit
+    assert len(sample) == len(np.unique(sample)) == 20_000
+    assert np.array_equal(sample, np.sort(sample)) and 0 <= sample[0] and sample[-1] < 393_870
+    assert np.array_equal(sample, ridge_choice_users(393_870, max_users=20_000))  # the same sample every fit
 
 
 def test_targets_of_sampled_users_are_their_edges_renumbered() -> None:
@@ -127,9 +125,7 @@ def test_targets_of_sampled_users_are_their_edges_renumbered() -> None:
     n_users, n_items = 50, 40
     edges = torch.stack([torch.randint(0, n_users, (400,), generator=generator),
                          torch.randint(0, n_items, (400,), generator=generator)], dim=1)
-    targets = warm_targets(n_users, n_items, torch.arange(n_items), edges)
-    sample = torch.tensor([3, 7, 8, 20, 49])
-    of_sample = targets.of_users(sample)
+    pairs = warm_pairs(n_items, torch.arange(n_items), edges)
+    sample = np.array([3, 7, 8, 20, 49])
     expected = sorted((sample.tolist().index(user), item) for user, item in edges.tolist() if user in sample.tolist())
-    assert of_sample.n_users == 5
-    assert sorted(zip(of_sample.users.tolist(), of_sample.positions.tolist())) == expected
+    assert sorted(map(tuple, pairs_of_users(pairs, sample).tolist())) == expected

@@ -7,14 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from offline.score_batches import SCORE_BYTES, user_batch_size
-from offline.train.evaluate import (
-    Evaluator,
-    UserItems,
-    evaluate_ranking,
-    popularity_vectors,
-    ranking_metrics,
-)
+from offline.ranking import SCORE_BYTES, UserItems, evaluate_ranking, ranking_metrics, user_batch_size
+from offline.train.evaluate import Evaluator, popularity_vectors
 from offline.train.rss import peak_rss_bytes, reset_peak_rss
 
 
