@@ -13,10 +13,15 @@ run records every cell of its grid (`grid mean`, `grid attention_calibrated t=1 
 
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from offline.train.fusion_grid import label  # noqa: E402
 
 DEFAULT_FUSIONS = ["global", "grid mean", "attention", "grid attention_calibrated t=1 a=1", "validated"]
 METRICS = [  # (bench row key, column title)
@@ -46,12 +51,7 @@ def over_builds(values: list[float]) -> dict[str, float]:
 
 def chosen(report: dict[str, Any], model: str) -> str:
     """What validation chose for each seed, e.g. `attention t=1 a=1; mean; ...`."""
-    picks = []
-    for run in report["runs"]:
-        if run["label"] == VALIDATED and run["model"] == model:
-            pick = run["chosen"]
-            picks.append(pick["mode"] if pick["tau"] is None else f"{pick['mode']} t={pick['tau']:g} a={pick['alpha']:g}")
-    return "; ".join(picks)
+    return "; ".join(label(run["chosen"]) for run in report["runs"] if run["label"] == VALIDATED and run["model"] == model)
 
 
 def table(names: list[str], builds: list[dict[str, dict[str, Any]]], fusions: list[str]) -> list[str]:
