@@ -29,6 +29,8 @@ at an arbitrary offset from warm items' scores), the estimate lives on the warm 
 scale.
 """
 
+import functools
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,22 +59,71 @@ class ColdMap:
     ridge: float
 
 
-def ridge_regression(x: Tensor, y: Tensor, strength: float) -> tuple[Tensor, Tensor]:
-    """`(weight, bias)` minimising |x W + b - y|^2 + penalty |W|^2, with penalty = `strength`
-    times the mean centred feature energy (so it does not depend on the features' scale).
-    Solved in float64, in the dual form when there are fewer rows than features."""
-    x, y = x.double(), y.double()
-    x_mean, y_mean = x.mean(dim=0), y.mean(dim=0)
-    xc, yc = x - x_mean, y - y_mean
-    penalty = strength * xc.pow(2).sum(dim=0).mean()
-    rows, features = xc.shape
-    if rows < features:
-        gram = xc @ xc.T + penalty * torch.eye(rows, dtype=xc.dtype, device=xc.device)
-        weight = xc.T @ torch.linalg.solve(gram, yc)
-    else:
-        gram = xc.T @ xc + penalty * torch.eye(features, dtype=xc.dtype, device=xc.device)
-        weight = torch.linalg.solve(gram, xc.T @ yc)
-    return weight.float(), (y_mean - x_mean @ weight).float()
+STATISTICS_ROWS = 65_536  # rows per step of the ridge statistics (bounds their float64 copies)
+
+
+@dataclass(frozen=True)
+class RidgeStatistics:
+    """What a ridge regression needs of its rows, in float64: their count, sums and the cross
+    products `X^T X`, `X^T Y` of `X - shift` (a fixed row near the mean, so the centring below
+    does not cancel digits). Statistics of disjoint rows add, so every fold's complement and the
+    whole set come from one pass over the rows, and each candidate strength costs only a
+    features x features solve."""
+
+    rows: int
+    shift: Tensor
+    x_sum: Tensor
+    y_sum: Tensor
+    xx: Tensor
+    xy: Tensor
+
+    @classmethod
+    def of(cls, x: Tensor, y: Tensor, shift: Tensor, chunk: int = STATISTICS_ROWS) -> "RidgeStatistics":
+        shift = shift.double()
+        xx = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+        xy = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64, device=x.device)
+        x_sum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        y_sum = torch.zeros(y.shape[1], dtype=torch.float64, device=x.device)
+        for start in range(0, len(x), chunk):
+            xs, ys = x[start : start + chunk].double() - shift, y[start : start + chunk].double()
+            xx += xs.T @ xs
+            xy += xs.T @ ys
+            x_sum += xs.sum(dim=0)
+            y_sum += ys.sum(dim=0)
+        return cls(len(x), shift, x_sum, y_sum, xx, xy)
+
+    def __add__(self, other: "RidgeStatistics") -> "RidgeStatistics":
+        return RidgeStatistics(self.rows + other.rows, self.shift, self.x_sum + other.x_sum,
+                               self.y_sum + other.y_sum, self.xx + other.xx, self.xy + other.xy)
+
+    def __sub__(self, other: "RidgeStatistics") -> "RidgeStatistics":
+        return RidgeStatistics(self.rows - other.rows, self.shift, self.x_sum - other.x_sum,
+                               self.y_sum - other.y_sum, self.xx - other.xx, self.xy - other.xy)
+
+    def solve(self, strength: float) -> tuple[Tensor, Tensor]:
+        """`(weight, bias)` minimising |x W + b - y|^2 + penalty |W|^2 over these rows, with
+        penalty = `strength` times the mean centred feature energy (so it does not depend on the
+        features' scale)."""
+        x_mean, y_mean = self.x_sum / self.rows, self.y_sum / self.rows
+        centred_xx = self.xx - self.rows * torch.outer(x_mean, x_mean)
+        centred_xy = self.xy - self.rows * torch.outer(x_mean, y_mean)
+        penalty = strength * centred_xx.diagonal().mean()
+        eye = torch.eye(len(centred_xx), dtype=centred_xx.dtype, device=centred_xx.device)
+        weight = torch.linalg.solve(centred_xx + penalty * eye, centred_xy)
+        return weight.float(), (y_mean - (x_mean + self.shift) @ weight).float()
+
+
+def fold_statistics(
+    x: Tensor, y: Tensor, folds: tuple[Tensor, ...], chunk: int = STATISTICS_ROWS
+) -> list[RidgeStatistics]:
+    """The ridge statistics of each fold's rows, all shifted by the mean of `x`'s first rows."""
+    shift = x[:chunk].double().mean(dim=0)
+    return [RidgeStatistics.of(x[fold], y[fold], shift, chunk) for fold in folds]
+
+
+def all_rows(statistics: list[RidgeStatistics]) -> RidgeStatistics:
+    """The statistics of the union of disjoint rows."""
+    return functools.reduce(operator.add, statistics)
 
 
 def centred_score_norm(users: Tensor, items: Tensor) -> Tensor:
@@ -91,13 +142,14 @@ def warm_folds(n_warm: int, n_folds: int, device: torch.device | str = "cpu") ->
     return order.to(device).chunk(n_folds)
 
 
-def cross_validate(features: Tensor, target: Tensor, ridge: float, folds: tuple[Tensor, ...]) -> Tensor:
-    """Out-of-fold ridge estimates of `target` (rows: the warm items)."""
-    estimate = torch.empty_like(target)
-    for fold in folds:
-        rest = torch.ones(len(target), dtype=torch.bool, device=target.device)
-        rest[fold] = False
-        weight, bias = ridge_regression(features[rest], target[rest], ridge)
+def cross_validate(features: Tensor, statistics: list[RidgeStatistics], ridge: float,
+                   folds: tuple[Tensor, ...]) -> Tensor:
+    """Out-of-fold ridge estimates of the target (rows: the warm items), each fold's from a map
+    fitted on the other folds (`statistics`: `fold_statistics` of the same folds)."""
+    total = all_rows(statistics)
+    estimate = torch.empty(len(features), total.xy.shape[1], device=features.device)
+    for fold, own in zip(folds, statistics, strict=True):
+        weight, bias = (total - own).solve(ridge)
         estimate[fold] = features[fold] @ weight + bias
     return estimate
 
@@ -172,13 +224,14 @@ def fit(
     folds = warm_folds(len(target), n_folds, target.device)
     ranked = ridge_choice_users(len(users))
     ranked_users, ranked_targets = users[torch.from_numpy(ranked).to(users.device)], pairs_of_users(targets, ranked)
+    statistics = fold_statistics(features, target, folds)
     best: tuple[float, float, Tensor] | None = None
     for ridge in ridges:
-        held_out = held_out_vectors(cross_validate(features, target, ridge, folds))
+        held_out = held_out_vectors(cross_validate(features, statistics, ridge, folds))
         recall = fold_recall(ranked_users, held_out, ranked_targets, folds)
         if best is None or recall > best[0]:
             best = (recall, ridge, held_out)
     _, ridge, held_out = best
-    weight, bias = ridge_regression(features, target, ridge)
+    weight, bias = all_rows(statistics).solve(ridge)
     scale = centred_score_norm(users, trained) / centred_score_norm(users, held_out)
     return ColdMap(weight, bias, trained.mean(dim=0), scale, ridge)

@@ -10,7 +10,14 @@ from planted import World
 from offline.config import ConfigError
 from offline.models import MODELS, ColdStartUnsupported, InteractionGraph, ModelSpec, build_model
 from offline.models.features import ContentFeatures, FeaturesError
-from offline.models.cold_map import ColdMapNotFitted, cross_validate, ridge_regression, warm_folds
+from offline.models.cold_map import (
+    ColdMapNotFitted,
+    RidgeStatistics,
+    all_rows,
+    cross_validate,
+    fold_statistics,
+    warm_folds,
+)
 from offline.models.content import ContentRecommender
 from offline.models.content_encoder import ContentEncoder
 from offline.models.freedom import FREEDOM
@@ -168,15 +175,46 @@ def test_freedom_cold_path_matches_the_sparse_item_graph_with_two_layers(graph, 
     torch.testing.assert_close(vectors, expected)
 
 
-@pytest.mark.parametrize("rows", [50, 8])  # primal and dual forms
-def test_ridge_regression_recovers_a_linear_map(rows) -> None:
+@pytest.mark.parametrize("rows", [50, 8])  # more and fewer rows than features
+def test_ridge_statistics_recover_a_linear_map(rows) -> None:
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, 10, generator=generator)
+    x = torch.randn(rows, 10, generator=generator) + 5.0  # far from zero: the shift must not lose digits
     weight, bias = torch.randn(10, 3, generator=generator), torch.randn(3, generator=generator)
-    fitted_weight, fitted_bias = ridge_regression(x, x @ weight + bias, strength=1e-9)
-    torch.testing.assert_close(x @ fitted_weight + fitted_bias, x @ weight + bias, atol=1e-4, rtol=1e-4)
-    shrunk, _ = ridge_regression(x, x @ weight + bias, strength=10.0)
+    y = x @ weight + bias
+    fitted_weight, fitted_bias = RidgeStatistics.of(x, y, x.mean(dim=0)).solve(1e-9)
+    torch.testing.assert_close(x @ fitted_weight + fitted_bias, y, atol=1e-3, rtol=1e-3)
+    shrunk, _ = RidgeStatistics.of(x, y, x.mean(dim=0)).solve(10.0)
     assert shrunk.norm() < fitted_weight.norm()
+
+
+def dense_ridge(x: torch.Tensor, y: torch.Tensor, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ridge of the definition, as one least-squares problem: [Xc; sqrt(p) I] W = [Yc; 0]."""
+    x, y = x.double(), y.double()
+    xc, yc = x - x.mean(dim=0), y - y.mean(dim=0)
+    penalty = strength * xc.pow(2).sum(dim=0).mean()
+    stacked = torch.cat([xc, penalty.sqrt() * torch.eye(x.shape[1], dtype=x.dtype)])
+    weight = torch.linalg.lstsq(stacked, torch.cat([yc, torch.zeros(x.shape[1], y.shape[1], dtype=y.dtype)])).solution
+    return weight.float(), (y.mean(dim=0) - x.mean(dim=0) @ weight).float()
+
+
+def test_each_folds_map_is_the_ridge_of_the_other_folds_rows() -> None:
+    """Statistics computed once per fold, in steps smaller than a fold, give every fold's
+    complement (and all rows) the ridge solved directly on those rows."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 12, generator=generator) * 0.1 + 0.5
+    y = x @ torch.randn(12, 4, generator=generator) + 0.3 * torch.randn(300, 4, generator=generator)
+    folds = warm_folds(300, 5)
+    statistics = fold_statistics(x, y, folds, chunk=16)
+    estimate = cross_validate(x, statistics, 0.05, folds)
+    for fold in folds:
+        rest = torch.ones(300, dtype=torch.bool)
+        rest[fold] = False
+        weight, bias = dense_ridge(x[rest], y[rest], 0.05)
+        torch.testing.assert_close(estimate[fold], x[fold] @ weight + bias, atol=1e-5, rtol=1e-4)
+    weight, bias = dense_ridge(x, y, 0.05)
+    fitted_weight, fitted_bias = all_rows(statistics).solve(0.05)
+    torch.testing.assert_close(fitted_weight, weight, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fitted_bias, bias, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", MULTIMODAL)
@@ -310,7 +348,8 @@ def test_cold_scale_matches_the_score_spread_of_held_out_warm_items(graph, conte
         users = model.user_vectors()
         features = torch.cat(model.encoder.map_input(content.image[warm], content.text_views[warm]), dim=-1)
         folds = warm_folds(len(warm), model.hparams.cold_folds)
-        held_out = model.held_out_vectors(cross_validate(features, model.id_part()[warm], 0.1, folds))
+        statistics = fold_statistics(features, model.id_part()[warm], folds)
+        held_out = model.held_out_vectors(cross_validate(features, statistics, 0.1, folds))
         spread = lambda items: (users @ items.T - (users @ items.T).mean(dim=1, keepdim=True)).norm()  # noqa: E731
         expected = spread(model.trained_item_vectors()[warm]) / spread(held_out)
     torch.testing.assert_close(model.cold_scale, expected)
