@@ -241,42 +241,39 @@ def isolated(*args: Any) -> dict[str, Any]:
         return pool.apply(measure, args)
 
 
+def markdown(header: list[str], cells: list[list[str]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| model | scale | users | items | interactions | train pairs | s / epoch | eval s | peak RSS GB "
-        "| loaded GB | build s | build peak GB | cold map s | cold map peak GB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["model", "scale", "users", "items", "interactions", "train pairs", "s / epoch", "eval s", "peak RSS GB",
+              "loaded GB", "build s", "build peak GB", "cold map s", "cold map peak GB"]
+    cells = []
     for row in rows:
         partial = "*" if row["batches_measured"] < row["batches"] else ""
         partial_eval = "*" if row["valid_users_timed"] < row["valid_users"] else ""
-        cold = "– | –" if row["cold_map_seconds"] is None else f"{row['cold_map_seconds']:.1f} | {row['cold_map_peak_gb']:.2f}"
-        lines.append(
-            f"| {row['model']} | {row['scale']} | {row['users']:,} | {row['items']:,} | {row['interactions']:,} "
-            f"| {row['train_pairs']:,} | {row['epoch_seconds']:.1f}{partial} | {row['eval_seconds']:.1f}{partial_eval} "
-            f"| {row['peak_gb']:.2f} | {row['loaded_gb']:.2f} | {row['build_seconds']:.1f} "
-            f"| {row['build_peak_gb']:.2f} | {cold} |"
-        )
-    return "\n".join(lines)
+        cold = (["–", "–"] if row["cold_map_seconds"] is None
+                else [f"{row['cold_map_seconds']:.1f}", f"{row['cold_map_peak_gb']:.2f}"])
+        cells.append([row["model"], row["scale"], f"{row['users']:,}", f"{row['items']:,}", f"{row['interactions']:,}",
+                      f"{row['train_pairs']:,}", f"{row['epoch_seconds']:.1f}{partial}",
+                      f"{row['eval_seconds']:.1f}{partial_eval}", f"{row['peak_gb']:.2f}", f"{row['loaded_gb']:.2f}",
+                      f"{row['build_seconds']:.1f}", f"{row['build_peak_gb']:.2f}", *cold])
+    return markdown(header, cells)
 
 
 def export_table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| model | scale | items | export s | FAISS item + CLIP index s | export peak RSS GB | bundle GB "
-        "| verify s | verify peak RSS GB | verify checks failed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        if "export_seconds" not in row:
-            continue
+    header = ["model", "scale", "items", "export s", "FAISS item + CLIP index s", "export peak RSS GB", "bundle GB",
+              "verify s", "verify peak RSS GB", "verify checks failed"]
+    cells = []
+    for row in (row for row in rows if "export_seconds" in row):
         built = " + ".join(f"{seconds:.0f}" for seconds in row["index_build_seconds"]) or "(under 100,000: not logged)"
         failed = ", ".join(row["verify_failed"]) or "none"
-        lines.append(
-            f"| {row['model']} | {row['scale']} | {row['items']:,} | {row['export_seconds']:.0f} | {built} "
-            f"| {row['export_peak_gb']:.2f} | {row['bundle_gb']:.2f} | {row['verify_seconds']:.0f} "
-            f"| {row['verify_peak_gb']:.2f} | {len(row['verify_failed'])} of {row['verify_checks']}: {failed} |"
-        )
-    return "\n".join(lines)
+        cells.append([row["model"], row["scale"], f"{row['items']:,}", f"{row['export_seconds']:.0f}", built,
+                      f"{row['export_peak_gb']:.2f}", f"{row['bundle_gb']:.2f}", f"{row['verify_seconds']:.0f}",
+                      f"{row['verify_peak_gb']:.2f}", f"{len(row['verify_failed'])} of {row['verify_checks']}: {failed}"])
+    return markdown(header, cells)
 
 
 @app.command()

@@ -368,7 +368,8 @@ def table(results: dict[int, dict], manifests: dict, info: dict[str, str], worke
 
     lines = [f"## Serving at scale: {', '.join(f'{size:,}' for size in sizes)} items, `--workers {workers}`", "",
              *(f"- {key}: {value}" for key, value in info.items()),
-             f"- index: {manifests[sizes[0]].index.factory} (items and CLIP); wrk, 1 thread, {seconds} s per cell, the sizes' cells taking turns, medians of "
+             f"- index: {manifests[sizes[0]].index.factory} (items and CLIP); wrk, 1 thread, {seconds} s per cell, "
+             f"the sizes' cells taking turns, medians of "
              f"{results[sizes[0]]['cells'][0]['rounds']} rounds", "",
              "| | " + " | ".join(f"{size:,} items" for size in sizes) + " |",
              "| --- | " + " | ".join("---" for _ in sizes) + " |"]

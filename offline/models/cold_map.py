@@ -92,13 +92,17 @@ class RidgeStatistics:
             y_sum += ys.sum(dim=0)
         return cls(len(x), shift, x_sum, y_sum, xx, xy)
 
+    def _combined(self, other: "RidgeStatistics", op: Callable) -> "RidgeStatistics":
+        """Statistics of the rows of both (`operator.add`) or of these without `other`'s (`sub`)."""
+        sums = (op(getattr(self, name), getattr(other, name)) for name in ("rows", "x_sum", "y_sum", "xx", "xy"))
+        rows, x_sum, y_sum, xx, xy = sums
+        return RidgeStatistics(rows, self.shift, x_sum, y_sum, xx, xy)
+
     def __add__(self, other: "RidgeStatistics") -> "RidgeStatistics":
-        return RidgeStatistics(self.rows + other.rows, self.shift, self.x_sum + other.x_sum,
-                               self.y_sum + other.y_sum, self.xx + other.xx, self.xy + other.xy)
+        return self._combined(other, operator.add)
 
     def __sub__(self, other: "RidgeStatistics") -> "RidgeStatistics":
-        return RidgeStatistics(self.rows - other.rows, self.shift, self.x_sum - other.x_sum,
-                               self.y_sum - other.y_sum, self.xx - other.xx, self.xy - other.xy)
+        return self._combined(other, operator.sub)
 
     def solve(self, strength: float) -> tuple[Tensor, Tensor]:
         """`(weight, bias)` minimising |x W + b - y|^2 + penalty |W|^2 over these rows, with
