@@ -24,7 +24,8 @@ then measures on this machine, for each size:
 
 With `--profile`, one more concurrency-32 cell of the largest size runs under py-spy (every
 worker), and the functions with the most samples are printed. Prints a markdown table and the
-targets of issue 17; `--json` also writes the numbers.
+targets of issue 17 (the largest size's p99 is held against the next smaller size's); `--json`
+also writes the numbers.
 
     .venv/bin/python scripts/bench_scale_serve.py [--items 100000,1000000] [--users 50000,10000000]
 """
@@ -359,6 +360,12 @@ def medians(rows: list[dict]) -> list[dict]:
     return cells
 
 
+def p99_reference(sizes: list[int]) -> int:
+    """The size whose p99 the largest size's is held against: the next smaller one (issue 17's
+    10^6 against 10^5 items, whatever smaller sizes also ran), or itself when it ran alone."""
+    return sizes[-2] if len(sizes) > 1 else sizes[-1]
+
+
 def table(results: dict[int, dict], manifests: dict, info: dict[str, str], workers: int, seconds: int) -> list[str]:
     """The markdown report: per size, then the targets of issue 17."""
     sizes = sorted(results)
@@ -406,14 +413,14 @@ def table(results: dict[int, dict], manifests: dict, info: dict[str, str], worke
         for size in sizes])
     row("ingestion while serving: items/s; recommendations c=8 hit p50 / p99 ms", [
         "{items_per_s:.1f}; {p50_ms:.2f} / {p99_ms:.2f}".format(**results[size]["ingest"]) for size in sizes])
-    small, large = sizes[0], sizes[-1]
-    p99 = cell(large, 32, "hit")["p99_ms"] / cell(small, 32, "hit")["p99_ms"]
-    p99_miss = cell(large, 32, "miss")["p99_ms"] / cell(small, 32, "miss")["p99_ms"]
+    large, smaller = sizes[-1], p99_reference(sizes)
+    p99 = cell(large, 32, "hit")["p99_ms"] / cell(smaller, 32, "hit")["p99_ms"]
+    p99_miss = cell(large, 32, "miss")["p99_ms"] / cell(smaller, 32, "miss")["p99_ms"]
     cpu = cell(large, 32, "hit")["cpu_ms"] / results[large]["raw"]["cpu_ms"]
     added = (max(m["uss_mb"] for m in results[large]["memory"])
              / min(m["rss_mb"] for m in results[large]["memory"]))
     lines += ["", "| target (issue 17) | measured | met |", "| --- | --- | --- |",
-              f"| p99 c=32 at {large:,} / at {small:,} items <= 1.3 | {p99:.2f} (hits), {p99_miss:.2f} (misses) | "
+              f"| p99 c=32 at {large:,} / at {smaller:,} items <= 1.3 | {p99:.2f} (hits), {p99_miss:.2f} (misses) | "
               f"{'yes' if p99 <= 1.3 else 'no'} |",
               f"| recall@50 vs exact >= 0.95 at {large:,} items | {results[large]['recall_at_50']:.3f} | "
               f"{'yes' if results[large]['recall_at_50'] >= 0.95 else 'no'} |",
