@@ -14,6 +14,8 @@ to the warm items' score spread (`ContentRecommender`); the same map (`predictor
 go through, hence inner-product compatible.
 """
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -86,8 +88,8 @@ class BM3(ContentRecommender):
     def id_part(self) -> Tensor:
         return self._online()[1]
 
-    def held_out_vectors(self, estimate: Tensor) -> Tensor:
-        return self.predictor(estimate)
+    def held_out_path(self) -> Callable[[Tensor], Tensor]:
+        return self.predictor
 
     def raw_content_item_vectors(self, image: Tensor, text_views: Tensor) -> Tensor:
         return self.predictor(self.estimate_id_part(image, text_views))

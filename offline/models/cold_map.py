@@ -8,7 +8,7 @@ puts the estimate on the warm items' score scale, in three steps:
    modalities with weighted views side by side, `ContentEncoder.map_input`). Its strength is
    chosen among the candidate ridges by k-fold cross-validation over the warm items: each
    fold's items get their content-only vectors from a map fitted on the other folds (anything
-   learned from their own interactions left out, the backbone's `held_out_vectors`), and the
+   learned from their own interactions left out, the backbone's `held_out_path`), and the
    strength whose vectors best rank each user's training items among the fold's items wins
    (every user up to `RIDGE_CHOICE_USERS`, a fixed sample above).
    That mirrors the cold-only protocol; squared error would pick the strongest penalty, whose

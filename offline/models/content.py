@@ -2,6 +2,7 @@
 and cold items embedded from content alone through a fitted cold map (`offline.models.cold_map`)."""
 
 from abc import abstractmethod
+from collections.abc import Callable
 
 import torch
 from pydantic import Field, field_validator
@@ -115,10 +116,12 @@ class ContentRecommender(Recommender):
         return torch.cat(self.encoder.map_input(image, text_views), dim=-1) @ self.id_map_weight + self.id_map_bias
 
     @abstractmethod
-    def held_out_vectors(self, estimate: Tensor) -> Tensor:
-        """`(n_warm, K)`: the content-path vectors of the warm items given `estimate`, an
-        out-of-fold estimate of their `id_part`, leaving out anything learned from the item's
-        own interactions (as `content_item_vectors` would for a new item)."""
+    def held_out_path(self) -> Callable[[Tensor], Tensor]:
+        """The content path of the warm items as a function of `estimate`, an out-of-fold
+        estimate of their `id_part`, to `(n_warm, K)` vectors that leave out anything learned
+        from the item's own interactions (as `content_item_vectors` would for a new item).
+        What does not depend on the estimate is computed here, once: the cold map calls the
+        function for every candidate ridge."""
 
     @abstractmethod
     def raw_content_item_vectors(self, image: Tensor, text_views: Tensor) -> Tensor:
@@ -151,7 +154,7 @@ class ContentRecommender(Recommender):
             users=self.user_vectors(),
             targets=cold_map.warm_pairs(self.n_items, warm, self.train_edges),
             trained=self.trained_item_vectors()[warm],
-            held_out_vectors=self.held_out_vectors,
+            held_out_vectors=self.held_out_path(),
             ridges=self.hparams.cold_ridges,
             n_folds=self.hparams.cold_folds,
         )

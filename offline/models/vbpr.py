@@ -6,6 +6,8 @@ with E the ridge map from content to the warm items' ID embeddings, then stretch
 items' score spread (`ContentRecommender`).
 """
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -49,8 +51,9 @@ class VBPR(ContentRecommender):
     def id_part(self) -> Tensor:
         return self.item_embedding.weight
 
-    def held_out_vectors(self, estimate: Tensor) -> Tensor:
-        return torch.cat([estimate, self._project(self.item_content())[self.warm_items]], dim=-1)
+    def held_out_path(self) -> Callable[[Tensor], Tensor]:
+        projected = self._project(self.item_content())[self.warm_items]
+        return lambda estimate: torch.cat([estimate, projected], dim=-1)
 
     def raw_content_item_vectors(self, image: Tensor, text_views: Tensor) -> Tensor:
         modalities = self.encoder(image, text_views)

@@ -101,7 +101,7 @@ def test_freedom_held_out_neighbours_equal_the_dense_kNN() -> None:
     warm = model.warm_items
     estimate = torch.zeros(len(warm), model.hparams.embedding_size)
     with torch.no_grad():
-        held_out = model.held_out_vectors(estimate)
+        held_out = model.held_out_path()(estimate)
         frozen = model.encoder.graph_features(model.image_features[warm], model.text_view_features[warm])
         neighbours = []
         for item_graph, features in zip(model.content_graphs, frozen):
@@ -110,6 +110,24 @@ def test_freedom_held_out_neighbours_equal_the_dense_kNN() -> None:
         h_prev = model.item_embedding.weight
         expected = model._item_graph_step(h_prev, neighbours)
     torch.testing.assert_close(held_out, expected)
+
+
+def test_freedom_builds_its_held_out_neighbours_once_per_fit_not_per_ridge(monkeypatch) -> None:
+    """The held-out neighbour tables do not depend on the ridge: each modality's self-join of the
+    warm items runs once per fit, however many candidate ridges are compared."""
+    import offline.models.freedom as freedom
+
+    world = World()
+    graph = InteractionGraph.from_split(world.split())
+    ridges = [0.01, 0.1, 1.0, 10.0]
+    model = build_model(ModelSpec(name="freedom", content_mode="attention", hparams={"cold_ridges": ridges}),
+                        graph, world.content())
+    joins = []
+    real_knn_table = freedom.knn_table
+    monkeypatch.setattr(freedom, "knn_table", lambda *args: joins.append(args[0].shape) or real_knn_table(*args))
+    model.fit_cold_map()
+    assert len(joins) == len(model.content_graphs) == 2
+    assert all(rows == len(model.warm_items) for rows, _ in joins)
 
 
 def test_the_ridge_is_chosen_on_every_user_or_a_fixed_sample() -> None:

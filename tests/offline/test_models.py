@@ -349,7 +349,7 @@ def test_cold_scale_matches_the_score_spread_of_held_out_warm_items(graph, conte
         features = torch.cat(model.encoder.map_input(content.image[warm], content.text_views[warm]), dim=-1)
         folds = warm_folds(len(warm), model.hparams.cold_folds)
         statistics = fold_statistics(features, model.id_part()[warm], folds)
-        held_out = model.held_out_vectors(cross_validate(features, statistics, 0.1, folds))
+        held_out = model.held_out_path()(cross_validate(features, statistics, 0.1, folds))
         spread = lambda items: (users @ items.T - (users @ items.T).mean(dim=1, keepdim=True)).norm()  # noqa: E731
         expected = spread(model.trained_item_vectors()[warm]) / spread(held_out)
     torch.testing.assert_close(model.cold_scale, expected)
