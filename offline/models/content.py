@@ -127,11 +127,27 @@ class ContentRecommender(Recommender):
     def raw_content_item_vectors(self, image: Tensor, text_views: Tensor) -> Tensor:
         """`(B, K)` content-only vectors before the scale calibration; torch-traceable."""
 
+    def raw_catalog_item_vectors(self, items: Tensor) -> Tensor:
+        """`raw_content_item_vectors` of the catalog's own items (rows). A backbone that built a
+        table of every item at training (FREEDOM's kNN neighbours) reads it here instead of
+        recomputing it: the new-item path compares each item with every warm one, which for the
+        cold fifth of a million-item catalog is a 640 GB similarity matrix."""
+        return self.raw_content_item_vectors(self.image_features[items], self.text_view_features[items])
+
+    @property
+    def exact_catalog_vectors(self) -> bool:
+        """Whether `raw_catalog_item_vectors` equals `raw_content_item_vectors` of the same items
+        (up to float rounding); False where it reads an approximate table (FREEDOM above
+        `EXACT_MAX_KEYS` warm items)."""
+        return True
+
+    def _on_warm_scale(self, raw: Tensor) -> Tensor:
+        return self.cold_center + self.cold_scale * (raw - self.cold_center)
+
     def content_item_vectors(self, image: Tensor, text_views: Tensor) -> Tensor:
         """`(B, K)` from content alone, on the warm items' score scale; torch-traceable (the
         service's item tower)."""
-        raw = self.raw_content_item_vectors(image, text_views)
-        return self.cold_center + self.cold_scale * (raw - self.cold_center)
+        return self._on_warm_scale(self.raw_content_item_vectors(image, text_views))
 
     def content_view_weights(self, image: Tensor, text_views: Tensor) -> Tensor:
         """`(B, V)`: each text view's weight in the content path's fusion (`ViewFusion.view_weights`;
@@ -180,6 +196,4 @@ class ContentRecommender(Recommender):
                 f"{self.name}'s cold-start map is not fitted to its current weights: call fit_cold_map() "
                 "after training (offline.train.trainer.fit does)"
             )
-        return self.content_item_vectors(
-            self.image_features[self.cold_items], self.text_view_features[self.cold_items]
-        )
+        return self._on_warm_scale(self.raw_catalog_item_vectors(self.cold_items))

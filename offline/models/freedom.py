@@ -56,6 +56,7 @@ from offline.models.graph import (
     propagate,
     sparse_matrix,
 )
+from offline.models.knn import EXACT_MAX_KEYS
 
 
 class FreedomParams(ContentParams):
@@ -67,11 +68,14 @@ class FreedomParams(ContentParams):
 
 
 class ContentGraph(nn.Module):
-    """A frozen kNN graph over the warm items for one modality, kept as index tensors."""
+    """A frozen kNN graph over the warm items for one modality, kept as index tensors: `table`
+    holds every item's neighbours among the warm ones (cold items' too), exact up to
+    `EXACT_MAX_KEYS` warm items and approximate above (offline/models/knn.py)."""
 
     def __init__(self, features: Tensor, warm_items: Tensor, k: int):
         super().__init__()
         k = min(k, len(warm_items))
+        self.exact = len(warm_items) <= EXACT_MAX_KEYS
         self.register_buffer("keys", F.normalize(features[warm_items], dim=-1), persistent=False)
         self.register_buffer("key_ids", warm_items, persistent=False)
         self.register_buffer("table", knn_table(features, warm_items, k), persistent=False)
@@ -207,19 +211,27 @@ class FREEDOM(ContentRecommender):
             keep = ids != warm.unsqueeze(1)
             keep[keep.all(dim=1), -1] = False  # the item itself not in its top k + 1 (ties)
             neighbours.append(ids[keep].view(len(warm), k))
-        tables = [graph.table for graph in self.content_graphs]
-        h_prev = self.item_embedding.weight
-        for _ in range(self.hparams.n_mm_layers - 1):
-            h_prev = self._item_graph_step(h_prev, tables)
-        graph_part = self._item_graph_step(h_prev, neighbours)
+        graph_part = self._graph_part(neighbours)
         return lambda estimate: estimate + graph_part
 
     def raw_content_item_vectors(self, image: Tensor, text_views: Tensor) -> Tensor:
-        estimate = self.estimate_id_part(image, text_views)
         frozen = self.encoder.graph_features(image, text_views)
         neighbours = [graph.neighbours(x) for graph, x in zip(self.content_graphs, frozen)]
+        return self.estimate_id_part(image, text_views) + self._graph_part(neighbours)
+
+    def raw_catalog_item_vectors(self, items: Tensor) -> Tensor:
+        estimate = self.estimate_id_part(self.image_features[items], self.text_view_features[items])
+        return estimate + self._graph_part([graph.table[items] for graph in self.content_graphs])
+
+    @property
+    def exact_catalog_vectors(self) -> bool:
+        return all(graph.exact for graph in self.content_graphs)
+
+    def _graph_part(self, neighbours: list[Tensor]) -> Tensor:
+        """The item-graph half of the content path for items with these neighbour ids (one
+        `(B, k)` table per modality)."""
         tables = [graph.table for graph in self.content_graphs]
         h_prev = self.item_embedding.weight  # the gather form of `_item_graph_layers` traces into ONNX
         for _ in range(self.hparams.n_mm_layers - 1):
             h_prev = self._item_graph_step(h_prev, tables)
-        return estimate + self._item_graph_step(h_prev, neighbours)
+        return self._item_graph_step(h_prev, neighbours)

@@ -130,6 +130,29 @@ def test_freedom_builds_its_held_out_neighbours_once_per_fit_not_per_ridge(monke
     assert all(rows == len(model.warm_items) for rows, _ in joins)
 
 
+def test_freedoms_cold_catalog_items_read_the_knn_table_and_equal_the_new_item_path(monkeypatch) -> None:
+    """The catalog's cold items take their neighbours from the training-time table (no cold x
+    warm similarity matrix); below EXACT_MAX_KEYS warm items that table is exact, so their
+    vectors equal the item tower's path for the same features."""
+    import offline.models.freedom as freedom
+
+    world = World()
+    graph = InteractionGraph.from_split(world.split())
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(name="freedom", content_mode="attention"), graph, world.content()).fit_cold_map()
+    cold = model.cold_items
+    with torch.no_grad():
+        expected = model.content_item_vectors(model.image_features[cold], model.text_view_features[cold])
+
+        def dense_similarity(*args):
+            raise AssertionError("the catalog's cold items must not be compared with every warm item")
+
+        monkeypatch.setattr(freedom, "knn_neighbours", dense_similarity)
+        stored = model.cold_item_vectors()
+    assert model.exact_catalog_vectors and len(cold) > 0
+    torch.testing.assert_close(stored, expected)
+
+
 def test_the_ridge_is_chosen_on_every_user_or_a_fixed_sample() -> None:
     assert np.array_equal(ridge_choice_users(500, max_users=500), np.arange(500))
     sample = ridge_choice_users(393_870, max_users=20_000)

@@ -14,7 +14,7 @@ from cliper.manifest import MANIFEST_FILE
 from cliper.thumbnails import THUMBNAIL_OFFSETS, THUMBNAILS, write_thumbnails
 from offline.cli import app
 from offline.export.bundle import ExportConfig, export_bundle
-from offline.export.verify import verify_bundle
+from offline.export.verify import cold_rows_check, verify_bundle
 
 CHECKS = ["files", "provenance", "tokenizer", "preprocessing", "image encoder", "text encoder", "item tower",
           "raw content", "item encodings", "item fields", "top-50"]
@@ -126,3 +126,20 @@ def test_a_bundle_without_thumbnails_passes(tiny_run: Path, tmp_path: Path) -> N
     checks = verify_bundle(tmp_path / "bundle", items=6, users=8)
     assert _failed(checks) == {}
     assert "no thumbnails (exported without)" in {check.name: check.detail for check in checks}["item fields"]
+
+
+@pytest.mark.parametrize(
+    ("gaps", "exact", "passed"),
+    [
+        ([0.0, 0.0], True, True),
+        ([0.0, 0.0, 2e-4], True, False),  # one stored cold row off: a wrong bundle
+        ([0.0, 0.0, 1.0], False, True),  # approximate neighbours: some rows may differ
+        ([0.0, 1.0, 1.0], False, False),  # but most must not
+        ([], False, True),
+    ],
+)
+def test_stored_cold_rows_must_equal_the_towers_unless_their_neighbours_were_approximate(gaps, exact, passed) -> None:
+    detail, ok = cold_rows_check(np.array(gaps), tolerance=1e-4, exact=exact)
+    assert ok is passed
+    if gaps and not exact:
+        assert detail.startswith(f"{sum(gap <= 1e-4 for gap in gaps)} of {len(gaps)} equal")
