@@ -260,7 +260,8 @@ def main(
     workers: int = typer.Option(2, help="service worker processes"),
     ingest: int = typer.Option(48, help="items posted while serving (after one warm-up batch)"),
     batch: int = typer.Option(16, help="micro-batch size and ingestion concurrency"),
-    index: str = typer.Option("HNSW32", help="FAISS index factory of the bundles (item and CLIP index)"),
+    index: str = typer.Option(
+        "HNSW32", help="FAISS index factory of the bundles' item and CLIP index, or one per size separated by ';'"),
     search_params: str = typer.Option(
         "efSearch=128", help="FAISS search parameters of every size, or one per size separated by ';'"),
     redis_url: str = typer.Option("redis://127.0.0.1:6379/0"),
@@ -272,17 +273,16 @@ def main(
 
     sizes = [int(value) for value in items.split(",")]
     user_counts = dict(zip(sizes, (int(value) for value in users.split(",")), strict=True))
-    params = search_params.split(";")
-    size_params = dict(zip(sizes, params * len(sizes) if len(params) == 1 else params, strict=True))
+    size_index, size_params = per_size(index, sizes, "--index"), per_size(search_params, sizes, "--search-params")
     out_dir.mkdir(parents=True, exist_ok=True)
-    bundles = {size: out_dir / f"bundle-{size}-{user_counts[size]}u-{index.replace(',', '_')}-"
+    bundles = {size: out_dir / f"bundle-{size}-{user_counts[size]}u-{size_index[size].replace(',', '_')}-"
                                  f"{size_params[size].replace('=', '').replace(',', '_')}" for size in sizes}
     for size, bundle_dir in bundles.items():
         if not (bundle_dir / "manifest.json").is_file():
             print(f"building a bundle of {size:,} items and {user_counts[size]:,} users in {bundle_dir}", flush=True)
             started = time.perf_counter()
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                pool.submit(build, bundle_dir, size, user_counts[size], index, size_params[size]).result()
+                pool.submit(build, bundle_dir, size, user_counts[size], size_index[size], size_params[size]).result()
             print(f"  built in {time.perf_counter() - started:.0f}s", flush=True)
     manifests = {size: read_manifest(path) for size, path in bundles.items()}
     info = machine()
@@ -360,6 +360,14 @@ def medians(rows: list[dict]) -> list[dict]:
     return cells
 
 
+def per_size(value: str, sizes: list[int], option: str) -> dict[int, str]:
+    """An option's value for each size: one for all, or one per size separated by ';'."""
+    values = value.split(";")
+    if len(values) not in (1, len(sizes)):
+        raise typer.BadParameter(f"give one value, or {len(sizes)} separated by ';' (one per size)", param_hint=option)
+    return dict(zip(sizes, values * len(sizes) if len(values) == 1 else values, strict=True))
+
+
 def p99_reference(sizes: list[int]) -> int:
     """The size whose p99 the largest size's is held against: the next smaller one (issue 17's
     10^6 against 10^5 items, whatever smaller sizes also ran), or itself when it ran alone."""
@@ -375,7 +383,7 @@ def table(results: dict[int, dict], manifests: dict, info: dict[str, str], worke
 
     lines = [f"## Serving at scale: {', '.join(f'{size:,}' for size in sizes)} items, `--workers {workers}`", "",
              *(f"- {key}: {value}" for key, value in info.items()),
-             f"- index: {manifests[sizes[0]].index.factory} (items and CLIP); wrk, 1 thread, {seconds} s per cell, "
+             f"- the item and the CLIP index of each size as in the table; wrk, 1 thread, {seconds} s per cell, "
              f"the sizes' cells taking turns, medians of "
              f"{results[sizes[0]]['cells'][0]['rounds']} rounds", "",
              "| | " + " | ".join(f"{size:,} items" for size in sizes) + " |",
@@ -385,7 +393,8 @@ def table(results: dict[int, dict], manifests: dict, info: dict[str, str], worke
         lines.append(f"| {name} | " + " | ".join(values) + " |")
 
     row("users", [f"{results[size]['users']:,}" for size in sizes])
-    row("search parameters", [manifests[size].index.search_params or "default" for size in sizes])
+    row("index (item and CLIP), search parameters", [
+        f"{manifests[size].index.factory}, {manifests[size].index.search_params or 'default'}" for size in sizes])
     row("start-up, 1 worker: s to ready (checksums not verified)", [
         f"{results[size]['startup_1_worker_s']:.1f} ({results[size]['startup_unverified_s']:.1f})" for size in sizes])
     row(f"start-up, {workers} workers (s until all listen)", [f"{results[size]['startup_workers_s']:.1f}"

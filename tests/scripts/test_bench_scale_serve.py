@@ -5,6 +5,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import typer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,3 +30,12 @@ def bench_scale_serve() -> ModuleType:
 )
 def test_the_p99_target_holds_the_largest_size_against_the_next_smaller(bench_scale_serve, sizes, reference) -> None:
     assert bench_scale_serve.p99_reference(sizes) == reference
+
+
+def test_an_option_takes_one_value_for_every_size_or_one_per_size(bench_scale_serve) -> None:
+    sizes = [100_000, 1_000_000]
+    assert bench_scale_serve.per_size("HNSW32", sizes, "--index") == {100_000: "HNSW32", 1_000_000: "HNSW32"}
+    assert bench_scale_serve.per_size("HNSW32;IVF4096,Flat", sizes, "--index") == {
+        100_000: "HNSW32", 1_000_000: "IVF4096,Flat"}
+    with pytest.raises(typer.BadParameter, match="one per size"):
+        bench_scale_serve.per_size("efSearch=64;efSearch=128;efSearch=384", sizes, "--search-params")
