@@ -15,6 +15,8 @@ from offline.models.content_encoder import ContentEncoder
 from offline.models.features import ContentFeatures
 from offline.models.hparams import HParams
 
+MAP_INPUT_ROWS = 65_536  # items per step of `catalog_map_input` (bounds the copies of their views)
+
 
 class ContentParams(HParams):
     """Hyper-parameters of every multi-modal backbone."""
@@ -111,6 +113,20 @@ class ContentRecommender(Recommender):
     def id_part(self) -> Tensor:
         """`(n_items, embedding_size)`: the interaction-learned half of the item vectors."""
 
+    def catalog_map_input(self, items: Tensor, rows: int = MAP_INPUT_ROWS) -> Tensor:
+        """The map input (`ContentEncoder.map_input` side by side) of the catalog's `items`,
+        filled `rows` items at a time: built at once, the items' copied views and their
+        weighted copies would add twice its size again (about 9 GB for the warm items of a
+        million-item catalog, 256-d, 5 views)."""
+        dims = sum(self.encoder.map_dims)
+        out = self.image_features.new_empty(len(items), dims)
+        for start in range(0, len(items), rows):
+            step = items[start : start + rows]
+            out[start : start + len(step)] = torch.cat(
+                self.encoder.map_input(self.image_features[step], self.text_view_features[step]), -1
+            )
+        return out
+
     def estimate_id_part(self, image: Tensor, text_views: Tensor) -> Tensor:
         """The ridge estimate of `id_part` from content `(B, ...)`: traceable."""
         return torch.cat(self.encoder.map_input(image, text_views), dim=-1) @ self.id_map_weight + self.id_map_bias
@@ -165,7 +181,7 @@ class ContentRecommender(Recommender):
         self.eval()
         warm = self.warm_items
         fitted = cold_map.fit(
-            features=torch.cat(self.encoder.map_input(self.image_features[warm], self.text_view_features[warm]), -1),
+            features=self.catalog_map_input(warm),
             target=self.id_part()[warm],
             users=self.user_vectors(),
             targets=cold_map.warm_pairs(self.n_items, warm, self.train_edges),

@@ -170,3 +170,16 @@ def test_targets_of_sampled_users_are_their_edges_renumbered() -> None:
     sample = np.array([3, 7, 8, 20, 49])
     expected = sorted((sample.tolist().index(user), item) for user, item in edges.tolist() if user in sample.tolist())
     assert sorted(map(tuple, pairs_of_users(pairs, sample).tolist())) == expected
+
+
+@pytest.mark.parametrize("mode", ["attention", "concat", "image"])
+def test_the_map_input_built_in_steps_equals_it_built_at_once(mode) -> None:
+    world = World()
+    graph = InteractionGraph.from_split(world.split())
+    model = build_model(ModelSpec(name="vbpr", content_mode=mode), graph, world.content())
+    warm = model.warm_items
+    with torch.no_grad():
+        at_once = torch.cat(model.encoder.map_input(model.image_features[warm], model.text_view_features[warm]), -1)
+        in_steps = model.catalog_map_input(warm, rows=7)
+    assert len(warm) % 7 != 0  # a last, shorter step
+    torch.testing.assert_close(in_steps, at_once)
