@@ -63,6 +63,7 @@ _REQUIRED_FILES = {IMAGE_ENCODER, TEXT_ENCODER, ITEM_TOWER, USER_VECTORS, USER_I
 _DATA_FILES = _REQUIRED_FILES | {THUMBNAILS, THUMBNAIL_OFFSETS}
 RECALL_K = 50
 RECALL_QUERIES = 1000
+LOW_RECALL = 0.9  # an approximate index below this recall@50 is logged as a warning, with what to raise
 ADD_ROWS = 100_000  # vectors added to an index at a time; a larger index logs its progress
 
 log = logging.getLogger(__name__)
@@ -207,6 +208,10 @@ def build_index(
         return index, None
     recall = index_recall(index, vectors, vectors if queries is None else queries)
     log.info("index %r (%s): recall@%d vs exact search = %.4f", factory, search_params, RECALL_K, recall)
+    if recall < LOW_RECALL:
+        log.warning("index %r (%s) finds only %.0f%% of the exact top %d: raise efSearch (HNSW) or nprobe (IVF) "
+                    "in the search parameters, or use an IVF or Flat index for these vectors",
+                    factory, search_params or "default parameters", 100 * recall, RECALL_K)
     return index, recall
 
 

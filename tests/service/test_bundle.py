@@ -134,6 +134,8 @@ def test_approximate_index_reports_recall(tmp_path: Path, caplog: pytest.LogCapt
         _, high = build_index(vectors, "IVF32,Flat", "nprobe=32")
     assert 0 < low < high and high == pytest.approx(1.0)
     assert "recall@50 vs exact search" in caplog.text
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "'IVF32,Flat' (nprobe=1) finds only" in warnings[0]  # the low one, not the high
     manifest = write_bundle(tmp_path / "b", fields(index={"factory": "HNSW8", "search_params": "efSearch=64"}),
                             content(n_items=300))
     assert 0.5 < manifest.index.recall_at_50 <= 1.0
