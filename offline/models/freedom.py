@@ -51,12 +51,12 @@ from offline.models.features import ContentFeatures
 from offline.models.graph import (
     edge_weights,
     knn_neighbours,
+    knn_search,
     knn_table,
     normalized_adjacency,
     propagate,
     sparse_matrix,
 )
-from offline.models.knn import EXACT_MAX_KEYS
 
 
 class FreedomParams(ContentParams):
@@ -75,10 +75,11 @@ class ContentGraph(nn.Module):
     def __init__(self, features: Tensor, warm_items: Tensor, k: int):
         super().__init__()
         k = min(k, len(warm_items))
-        self.exact = len(warm_items) <= EXACT_MAX_KEYS
+        found = knn_search(features, warm_items, k)
+        self.exact = found.recall is None
         self.register_buffer("keys", F.normalize(features[warm_items], dim=-1), persistent=False)
         self.register_buffer("key_ids", warm_items, persistent=False)
-        self.register_buffer("table", knn_table(features, warm_items, k), persistent=False)
+        self.register_buffer("table", torch.from_numpy(found.rows).to(warm_items.device), persistent=False)
 
     def neighbours(self, features: Tensor) -> Tensor:
         return knn_neighbours(features, self.keys, self.key_ids, self.table.shape[1])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from offline.models.knn import EXACT_MAX_KEYS, nearest_key_rows
+from offline.models.knn import EXACT_MAX_KEYS, KnnTable, nearest_key_rows
 
 
 def sparse_matrix(rows: Tensor, cols: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
@@ -55,16 +55,20 @@ def knn_neighbours(queries: Tensor, keys: Tensor, key_ids: Tensor, k: int) -> Te
     return key_ids[torch.topk(similarity, k, dim=-1).indices]
 
 
-def knn_table(features: Tensor, key_rows: Tensor, k: int, exact_max_keys: int = EXACT_MAX_KEYS) -> Tensor:
-    """The ids (rows of `features`, among `key_rows`) of the `k` rows most cosine-similar to
-    each row of `features`, `(N, k)` int64: `knn_neighbours` of every row, exact up to
-    `exact_max_keys` keys, approximate above (offline/models/knn.py, recall logged). FAISS runs
-    on torch's thread count, so the two OpenMP pools do not oversubscribe the cores."""
-    table = nearest_key_rows(
+def knn_search(features: Tensor, key_rows: Tensor, k: int, exact_max_keys: int = EXACT_MAX_KEYS) -> KnnTable:
+    """The rows (of `features`, among `key_rows`) of the `k` rows most cosine-similar to each
+    row of `features`: `knn_neighbours` of every row, exact up to `exact_max_keys` keys,
+    approximate above (offline/models/knn.py, recall logged; `recall` is None when exact).
+    FAISS runs on torch's thread count, so the two OpenMP pools do not oversubscribe the cores."""
+    return nearest_key_rows(
         features.detach().cpu().numpy(),
         key_rows.cpu().numpy(),
         k,
         threads=torch.get_num_threads(),
         exact_max_keys=exact_max_keys,
     )
-    return torch.from_numpy(table.rows).to(key_rows.device)
+
+
+def knn_table(features: Tensor, key_rows: Tensor, k: int, exact_max_keys: int = EXACT_MAX_KEYS) -> Tensor:
+    """`knn_search`'s rows as an `(N, k)` int64 tensor on `key_rows`' device."""
+    return torch.from_numpy(knn_search(features, key_rows, k, exact_max_keys).rows).to(key_rows.device)
